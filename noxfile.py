@@ -1,0 +1,63 @@
+"""Developer tasks: `nox -s tests`, `nox -s demo`, `nox -s lint typecheck`, `nox -s bench`, `nox -s docs`."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_venv = "yes"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite (sync, asyncio and trio), the examples, lint and types, with coverage."""
+    session.install("-e", ".", "--group", "test", "--group", "lint", "--group", "typecheck")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+    session.run(
+        "pytest",
+        "--cov",
+        "--cov-report=term",
+        *session.posargs,
+        env={"COVERAGE_CORE": os.environ.get("COVERAGE_CORE", "sysmon")},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("--group", "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src/."""
+    session.install("-e", ".", "--group", "typecheck")
+    session.run("mypy")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run `connectivity demo`: three faulty replicas, bare httpx vs the connectivity stack."""
+    session.install("-e", ".[demo]")
+    session.run("connectivity", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: overhead over bare httpx and over peer libraries; JSON goes to bench/results/."""
+    session.install("-e", ".", "--group", "bench")
+    session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with mkdocs --strict."""
+    session.install("-e", ".", "--group", "docs")
+    session.run("mkdocs", "build", "--strict")

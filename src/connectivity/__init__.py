@@ -1,0 +1,68 @@
+"""connectivity: what a service mesh sidecar and an API gateway do, inside the service process.
+
+Outbound, a stack of composable httpx transports (:func:`transport`, :mod:`connectivity.transports`); underneath,
+pure policy primitives (:mod:`connectivity.policies`) that tests can import; and a testing kit
+(:mod:`connectivity.testing`).
+
+Example::
+
+    import httpx
+    import connectivity as cx
+
+    transport = cx.transport(
+        timeout=cx.Timeout(total=10.0, per_try=2.0),
+        retry=cx.Retry(attempts=3, budget=cx.RetryBudget(ratio=0.2, min_per_second=10)),
+    )
+    client = httpx.AsyncClient(transport=transport, base_url="http://orders")
+"""
+
+from connectivity import policies, transports
+from connectivity._builder import transport
+from connectivity._version import __version__
+from connectivity.errors import (
+    ConfigError,
+    ConnectivityError,
+    ConnectivityWarning,
+    DeadlineExceededError,
+    OutboundError,
+    PerTryTimeoutError,
+    RetriesExhaustedError,
+    RetryBudgetExhaustedError,
+)
+from connectivity.policies import (
+    Backoff,
+    Clock,
+    Deadline,
+    Hedge,
+    Retry,
+    RetryBudget,
+    Timeout,
+    current_deadline,
+    deadline,
+)
+from connectivity.transports import CallRecord
+
+__all__ = [
+    "Backoff",
+    "CallRecord",
+    "Clock",
+    "ConfigError",
+    "ConnectivityError",
+    "ConnectivityWarning",
+    "Deadline",
+    "DeadlineExceededError",
+    "Hedge",
+    "OutboundError",
+    "PerTryTimeoutError",
+    "RetriesExhaustedError",
+    "Retry",
+    "RetryBudget",
+    "RetryBudgetExhaustedError",
+    "Timeout",
+    "__version__",
+    "current_deadline",
+    "deadline",
+    "policies",
+    "transport",
+    "transports",
+]

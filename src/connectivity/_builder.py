@@ -1,0 +1,145 @@
+"""``connectivity.transport()``: the recommended stack, validated as a whole."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Literal
+
+from connectivity.errors import ConfigError, ConnectivityWarning
+from connectivity.policies.budget import RetryBudget
+from connectivity.policies.clock import SYSTEM_CLOCK, Clock
+from connectivity.policies.hedge import Hedge
+from connectivity.policies.retry import Retry
+from connectivity.policies.timeout import Timeout
+from connectivity.transports._base import Inner, Layer
+from connectivity.transports.hedging import HedgingTransport
+from connectivity.transports.http import HTTPTransport
+from connectivity.transports.retry import RetryTransport
+from connectivity.transports.timeout import TimeoutTransport
+
+__all__ = ["transport"]
+
+
+def transport(
+    inner: Inner | None = None,
+    *,
+    timeout: Timeout | float | None = None,
+    retry: Retry | Literal[False] | None = None,
+    hedge: Hedge | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Layer:
+    """Build the recommended outbound stack, outermost first.
+
+    ``total timeout / ambient deadline -> retry (+ budget) -> hedging -> per-try timeout -> network``
+
+    Every argument is optional. The result works with both ``httpx.Client`` and ``httpx.AsyncClient``.
+
+    Args:
+        inner: The network transport (default: :class:`connectivity.transports.HTTPTransport`, httpx's pools).
+        timeout: Total and per-try limits; a number means ``Timeout(total=number)``.
+        retry: The retry policy. ``None`` (default) means ``Retry(budget=RetryBudget())``: 3 attempts of
+            idempotent requests under a 20 % budget. ``False`` disables retries.
+        hedge: Hedging policy, off by default. Hedges draw from the retry budget unless given their own.
+        clock: Time source for every layer (inject a ``FakeClock`` in tests).
+
+    Returns:
+        The outermost transport, to pass as ``httpx.AsyncClient(transport=...)``.
+
+    Raises:
+        ConfigError: The combination is inconsistent (per-try timeout longer than the total, a hedge schedule that
+            cannot fit in the total, per-try timeout set in two places).
+
+    .. versionadded:: 0.1
+    """
+    limits = _timeout(timeout)
+    policy = _retry(retry, clock)
+    per_try = limits.per_try
+    if policy is not None and policy.per_try_timeout is not None:
+        if per_try is not None:
+            raise ConfigError(
+                "Retry.per_try_timeout",
+                policy.per_try_timeout,
+                "per-try timeout is set in both Timeout.per_try and Retry.per_try_timeout; set it once",
+            )
+        per_try = policy.per_try_timeout
+        if limits.total is not None and per_try > limits.total:
+            raise ConfigError("Retry.per_try_timeout", per_try, f"must not exceed Timeout.total ({limits.total})")
+        policy = dataclasses.replace(policy, per_try_timeout=None)
+    if hedge is not None:
+        hedge = _hedge(hedge, policy, limits.total, per_try)
+
+    base: Inner = inner if inner is not None else HTTPTransport()
+    _warn_nested_retries(base, policy)
+    stack: Inner = base
+    if per_try is not None:
+        stack = TimeoutTransport(stack, per_try, per_try=True, propagate=limits.propagate, clock=clock)
+    if hedge is not None:
+        stack = HedgingTransport(stack, hedge, retry=policy, clock=clock)
+    if policy is not None:
+        stack = RetryTransport(stack, policy, clock=clock)
+    # Always outermost, even without a total: an ambient `connectivity.deadline()` is then enforced too.
+    return TimeoutTransport(stack, limits.total, propagate=limits.propagate and per_try is None, clock=clock)
+
+
+def _timeout(timeout: Timeout | float | None) -> Timeout:
+    if timeout is None:
+        return Timeout()
+    if isinstance(timeout, Timeout):
+        return timeout
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        return Timeout(total=timeout)
+    raise ConfigError("transport.timeout", timeout, "must be a connectivity.Timeout, a number of seconds or None")
+
+
+def _retry(retry: Retry | Literal[False] | None, clock: Clock) -> Retry | None:
+    if retry is False:
+        return None
+    if retry is None:
+        return Retry(budget=RetryBudget(clock=clock))
+    if not isinstance(retry, Retry):
+        raise ConfigError("transport.retry", retry, "must be a connectivity.Retry, False or None")
+    return retry if retry.attempts > 1 or retry.per_try_timeout is not None else None
+
+
+def _hedge(hedge: Hedge, retry: Retry | None, total: float | None, per_try: float | None) -> Hedge:
+    if not isinstance(hedge, Hedge):
+        raise ConfigError("transport.hedge", hedge, "must be a connectivity.Hedge or None")
+    if total is not None:
+        schedule = hedge.delay * hedge.max_extra
+        worst = schedule + (per_try or 0.0)
+        if schedule >= total or (per_try is not None and worst > total):
+            raise ConfigError(
+                "Hedge.delay",
+                hedge.delay,
+                f"the hedging schedule ({hedge.max_extra} x {hedge.delay:g} s"
+                + (f" + per-try {per_try:g} s" if per_try is not None else "")
+                + f" = {worst:g} s) does not fit in Timeout.total ({total:g} s)",
+            )
+    if hedge.budget is None and retry is not None and retry.budget is not None:
+        hedge = dataclasses.replace(hedge, budget=retry.budget)
+    return hedge
+
+
+def _warn_nested_retries(inner: Inner, retry: Retry | None) -> None:
+    if retry is None:
+        return
+    layer: object = inner
+    while isinstance(layer, Layer):
+        if isinstance(layer, RetryTransport):
+            warnings.warn(
+                "retries are configured at more than one layer: the inner transport already retries, so "
+                f"attempts multiply (up to {retry.attempts} x {layer.retry.attempts})",
+                ConnectivityWarning,
+                stacklevel=3,
+            )
+            return
+        layer = layer.inner
+    pool_retries = getattr(getattr(layer, "_pool", None), "_retries", 0)
+    if pool_retries:
+        warnings.warn(
+            f"the inner httpx transport also retries connections (retries={pool_retries}); "
+            "connect failures will be retried at two layers",
+            ConnectivityWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,113 @@
+"""The connectivity error hierarchy.
+
+Every error the library raises is a :class:`ConnectivityError`. Errors raised on the outbound path also subclass
+:class:`httpx.TransportError` (timeouts subclass :class:`httpx.TimeoutException`), so code that already says
+``except httpx.TransportError`` keeps working, and they carry the request that failed. When a policy gives up after
+trying, the error chains the last underlying failure as its ``__cause__``.
+
+Configuration errors are :class:`ValueError` subclasses raised at construction time; they name the field, the bad
+value and the rule it broke.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "ConfigError",
+    "ConnectivityError",
+    "ConnectivityWarning",
+    "DeadlineExceededError",
+    "OutboundError",
+    "PerTryTimeoutError",
+    "RetriesExhaustedError",
+    "RetryBudgetExhaustedError",
+]
+
+
+class ConnectivityError(Exception):
+    """Base class of every error raised by connectivity."""
+
+
+class ConnectivityWarning(UserWarning):
+    """A configuration that works but is probably not what was meant (e.g. retries at two layers)."""
+
+
+class ConfigError(ConnectivityError, ValueError):
+    """A configuration value is invalid.
+
+    Attributes:
+        field: Dotted name of the offending field, e.g. ``"Retry.attempts"``.
+        value: The value that was rejected.
+        rule: What the value must satisfy.
+    """
+
+    def __init__(self, field: str, value: Any, rule: str) -> None:
+        self.field = field
+        self.value = value
+        self.rule = rule
+        super().__init__(f"{field}={value!r} is invalid: {rule}")
+
+
+class OutboundError(ConnectivityError, httpx.TransportError):
+    """An outbound request failed because of a connectivity policy (base of the outbound errors)."""
+
+    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
+        # httpx.RequestError.__init__ takes the request keyword; keep it so `.request` works like httpx's own.
+        super().__init__(message, request=request)
+
+
+class DeadlineExceededError(ConnectivityError, httpx.TimeoutException):
+    """The total time budget of a call (its deadline) ran out.
+
+    Attributes:
+        timeout: The budget that was exceeded, in seconds (``None`` when it came from an ambient deadline).
+        attempts: How many attempts had been started when the deadline fired.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        timeout: float | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message, request=request)
+        self.timeout = timeout
+        self.attempts = attempts
+
+
+class PerTryTimeoutError(ConnectivityError, httpx.TimeoutException):
+    """One attempt ran past its per-try timeout; the retry layer may try again within the total deadline."""
+
+    def __init__(self, message: str, *, request: httpx.Request | None = None, timeout: float) -> None:
+        super().__init__(message, request=request)
+        self.timeout = timeout
+
+
+class RetriesExhaustedError(OutboundError):
+    """Every allowed attempt failed with an error; ``__cause__`` is the last underlying error.
+
+    Attributes:
+        attempts: How many attempts were made.
+        reasons: Why each failed attempt was considered a failure, oldest first.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        attempts: int,
+        reasons: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, request=request)
+        self.attempts = attempts
+        self.reasons = reasons
+
+
+class RetryBudgetExhaustedError(RetriesExhaustedError):
+    """A retry was warranted but the retry budget had no room for it; ``__cause__`` is the last error."""

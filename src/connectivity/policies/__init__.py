@@ -1,0 +1,56 @@
+"""Pure policy primitives: decisions without I/O, driven by an injected clock.
+
+Nothing here opens a socket, starts a task or imports httpx; the transports and middleware feed these objects
+events and act on their answers. Import them in your own tests to check what a policy would decide.
+"""
+
+from connectivity.policies.backoff import Backoff
+from connectivity.policies.budget import RetryBudget
+from connectivity.policies.clock import SYSTEM_CLOCK, Clock, SystemClock
+from connectivity.policies.deadline import (
+    DEADLINE_HEADER,
+    Deadline,
+    current_deadline,
+    deadline,
+    parse_timeout_header,
+)
+from connectivity.policies.hedge import Hedge
+from connectivity.policies.retry import (
+    CONNECT_FAILURE,
+    FAILURE_KINDS,
+    IDEMPOTENT_METHODS,
+    PER_TRY_TIMEOUT,
+    READ_TIMEOUT,
+    RESET,
+    Retry,
+    RetryDecision,
+    RetryState,
+)
+from connectivity.policies.retry_after import parse_http_date, parse_retry_after
+from connectivity.policies.timeout import Timeout
+
+__all__ = [
+    "CONNECT_FAILURE",
+    "DEADLINE_HEADER",
+    "FAILURE_KINDS",
+    "IDEMPOTENT_METHODS",
+    "PER_TRY_TIMEOUT",
+    "READ_TIMEOUT",
+    "RESET",
+    "SYSTEM_CLOCK",
+    "Backoff",
+    "Clock",
+    "Deadline",
+    "Hedge",
+    "Retry",
+    "RetryBudget",
+    "RetryDecision",
+    "RetryState",
+    "SystemClock",
+    "Timeout",
+    "current_deadline",
+    "deadline",
+    "parse_http_date",
+    "parse_retry_after",
+    "parse_timeout_header",
+]

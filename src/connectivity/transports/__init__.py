@@ -1,0 +1,24 @@
+"""httpx transports, one concern each; every one takes the transport it wraps first.
+
+Each works with both :class:`httpx.Client` and :class:`httpx.AsyncClient`. Compose them yourself, or let
+:func:`connectivity.transport` build the recommended order.
+"""
+
+from connectivity.transports._base import Inner, Layer
+from connectivity.transports._outcome import EXTENSION, CallRecord, failure_kind
+from connectivity.transports.hedging import HedgingTransport
+from connectivity.transports.http import HTTPTransport
+from connectivity.transports.retry import RetryTransport
+from connectivity.transports.timeout import TimeoutTransport
+
+__all__ = [
+    "EXTENSION",
+    "CallRecord",
+    "HTTPTransport",
+    "HedgingTransport",
+    "Inner",
+    "Layer",
+    "RetryTransport",
+    "TimeoutTransport",
+    "failure_kind",
+]

@@ -1,0 +1,214 @@
+"""Retries as a transport.
+
+The loop lives here; every decision lives in :class:`connectivity.Retry` and its :class:`RetryState`. On the
+success path the transport pays for one dictionary lookup, one budget deposit (if a budget is set) and one set
+lookup on the status; the retry state is created only when an attempt fails.
+
+Errors and the final outcome:
+
+* a retryable response that is not retried (attempts or budget exhausted, non-idempotent method, deadline too
+  close) is returned as it is, like Envoy returns the upstream's 503; its :class:`CallRecord` says why;
+* an error that is not retryable propagates unchanged;
+* when retries were made and the last attempt still failed with an error, :class:`RetriesExhaustedError` (or
+  :class:`RetryBudgetExhaustedError`) is raised from that error; if no retry was made the error propagates as is.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from connectivity.errors import RetriesExhaustedError, RetryBudgetExhaustedError
+from connectivity.policies.clock import SYSTEM_CLOCK, Clock
+from connectivity.policies.deadline import _current
+from connectivity.policies.retry import CONNECT_FAILURE, Retry, RetryDecision, RetryState
+from connectivity.transports._base import Inner, Layer
+from connectivity.transports._body import is_replayable, make_replayable
+from connectivity.transports._outcome import failure_kind, record_of
+from connectivity.transports.timeout import TimeoutTransport, clamp_timeouts
+
+__all__ = ["RetryTransport"]
+
+_OVERRIDE = "connectivity.retry"
+
+
+class RetryTransport(Layer):
+    """Retry failed attempts according to a :class:`connectivity.Retry` policy.
+
+    Args:
+        inner: The transport to call.
+        retry: The policy (default: ``Retry()``: 3 attempts, idempotent methods, connect failures, resets, read
+            timeouts, 502/503/504 and 429 with ``Retry-After``).
+        clock: Time source for backoff waits and ``Retry-After`` dates.
+
+    A per-request override goes in ``request.extensions["connectivity.retry"]`` (a ``Retry``). The outcome is in
+    ``response.extensions["connectivity"]`` (a :class:`CallRecord`).
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_clock", "_per_try", "_retry")
+
+    def __init__(self, inner: Inner, retry: Retry | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        super().__init__(inner)
+        self._retry = retry if retry is not None else Retry()
+        if not isinstance(self._retry, Retry):
+            raise TypeError(f"retry must be a connectivity.Retry, got {type(self._retry).__name__}")
+        self._clock = clock
+        # A per-try timeout configured on the policy is enforced by an inner TimeoutTransport of our own.
+        self._per_try: dict[float, TimeoutTransport] = {}
+
+    @property
+    def retry(self) -> Retry:
+        """The default policy."""
+        return self._retry
+
+    def _target(self, policy: Retry) -> Inner:
+        if policy.per_try_timeout is None:
+            return self._inner
+        layer = self._per_try.get(policy.per_try_timeout)
+        if layer is None:
+            layer = self._per_try[policy.per_try_timeout] = TimeoutTransport(
+                self._inner, policy.per_try_timeout, per_try=True, clock=self._clock
+            )
+        return layer
+
+    def _begin(self, request: httpx.Request) -> Retry:
+        policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
+        if policy.budget is not None:
+            policy.budget.deposit()
+        if policy.attempts > 1:
+            make_replayable(request, policy.max_replay_bytes)
+        return policy
+
+    def _decide(
+        self,
+        policy: Retry,
+        state: RetryState,
+        request: httpx.Request,
+        reason: str,
+        *,
+        sent: bool,
+        retry_after: str | None = None,
+    ) -> RetryDecision:
+        ambient = _current.get()
+        decision = state.decide(
+            reason,
+            method_ok=policy.method_allows(
+                request.method,
+                has_idempotency_key=policy.idempotency_header in request.headers,
+                sent=sent,
+            ),
+            replayable=is_replayable(request),
+            retry_after=retry_after,
+            remaining=None if ambient is None else ambient.remaining(),
+            wall_now=self._clock.time(),
+        )
+        if decision.retry:
+            if ambient is not None:
+                # The first attempt was clamped by the deadline's layer; a retry has less time left than that.
+                clamp_timeouts(request, max(ambient.remaining() - decision.delay, 0.0))
+            request.extensions["connectivity.attempt"] = state.attempts
+            if policy.prefer_other_endpoint:
+                request.extensions["connectivity.prefer_other_endpoint"] = True
+        return decision
+
+    @staticmethod
+    def _finish(response: httpx.Response, state: RetryState | None, gave_up: str | None) -> httpx.Response:
+        record = record_of(response)
+        if state is not None:
+            record.attempts = state.attempts
+            record.reasons = tuple(state.reasons)
+            record.waits = tuple(state.waits)
+            record.gave_up = gave_up
+        return response
+
+    @staticmethod
+    def _exhausted(
+        request: httpx.Request, state: RetryState, decision: RetryDecision, exc: Exception
+    ) -> Exception:
+        if state.attempts == 1 and decision.give_up != "retry budget exhausted":
+            return exc
+        ambient = _current.get()
+        if ambient is not None and ambient.expired:
+            return exc  # the deadline's layer reports this as DeadlineExceededError, chaining exc
+        kind = RetryBudgetExhaustedError if decision.give_up == "retry budget exhausted" else RetriesExhaustedError
+        error: Exception = kind(
+            f"{request.method} {request.url} failed after {state.attempts} attempt(s) "
+            f"({decision.give_up}); last error: {type(exc).__name__}: {exc}",
+            request=request,
+            attempts=state.attempts,
+            reasons=tuple(state.reasons),
+        )
+        return error
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        policy = self._begin(request)
+        target = self._target(policy)
+        if not isinstance(target, httpx.BaseTransport):
+            target = self._sync_inner()
+        state: RetryState | None = None
+        while True:
+            try:
+                response = target.handle_request(request)
+            except httpx.TransportError as exc:
+                kind = failure_kind(exc)
+                reason = None if kind is None else policy.error_reason(kind)
+                if reason is None:
+                    raise
+                state = state or policy.start()
+                decision = self._decide(policy, state, request, reason, sent=kind != CONNECT_FAILURE)
+                if not decision.retry:
+                    error = self._exhausted(request, state, decision, exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
+                self._clock.sleep(decision.delay)
+                continue
+            if response.status_code not in policy.statuses:
+                return self._finish(response, state, None)
+            retry_after = response.headers.get("retry-after")
+            reason = policy.status_reason(response.status_code, retry_after)
+            if reason is None:
+                return self._finish(response, state, None)
+            state = state or policy.start()
+            decision = self._decide(policy, state, request, reason, sent=True, retry_after=retry_after)
+            if not decision.retry:
+                return self._finish(response, state, decision.give_up)
+            response.close()
+            self._clock.sleep(decision.delay)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        policy = self._begin(request)
+        target = self._target(policy)
+        if not isinstance(target, httpx.AsyncBaseTransport):
+            target = self._async_inner()
+        state: RetryState | None = None
+        while True:
+            try:
+                response = await target.handle_async_request(request)
+            except httpx.TransportError as exc:
+                kind = failure_kind(exc)
+                reason = None if kind is None else policy.error_reason(kind)
+                if reason is None:
+                    raise
+                state = state or policy.start()
+                decision = self._decide(policy, state, request, reason, sent=kind != CONNECT_FAILURE)
+                if not decision.retry:
+                    error = self._exhausted(request, state, decision, exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
+                await self._clock.asleep(decision.delay)
+                continue
+            if response.status_code not in policy.statuses:
+                return self._finish(response, state, None)
+            retry_after = response.headers.get("retry-after")
+            reason = policy.status_reason(response.status_code, retry_after)
+            if reason is None:
+                return self._finish(response, state, None)
+            state = state or policy.start()
+            decision = self._decide(policy, state, request, reason, sent=True, retry_after=retry_after)
+            if not decision.retry:
+                return self._finish(response, state, decision.give_up)
+            await response.aclose()
+            await self._clock.asleep(decision.delay)

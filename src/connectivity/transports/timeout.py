@@ -1,0 +1,189 @@
+"""Deadlines and per-try timeouts as a transport.
+
+Theory of operation: a :class:`TimeoutTransport` works out how long the call may take: its own limit, or what is
+left of the ambient deadline (:func:`connectivity.deadline`, or an outer ``TimeoutTransport``), whichever is
+shorter. Then it
+
+* refuses to start an attempt when nothing is left (no attempt outlives the deadline);
+* makes the remaining budget the ambient deadline for the layers inside it (so a retry layer will not wait out a
+  backoff it has no time for);
+* clamps httpx's own per-operation timeouts (``request.extensions["timeout"]``) to the remaining budget;
+* in async code, runs the inner call in a cancel scope that fires at the deadline (the inner request is cancelled,
+  its connection dropped); in sync code, where nothing can interrupt a blocking read, the clamped httpx timeouts
+  bound every network operation and the result is checked on return;
+* optionally tells the upstream how long it has, in ``x-connectivity-timeout-ms``.
+
+When the limit that fired was its own per-try limit it raises :class:`~connectivity.PerTryTimeoutError` (a retry
+layer outside may try again); when the total deadline ran out it raises
+:class:`~connectivity.DeadlineExceededError` (nobody retries that).
+"""
+
+from __future__ import annotations
+
+import math
+from contextvars import Token
+
+import httpx
+
+from connectivity.errors import DeadlineExceededError, PerTryTimeoutError
+from connectivity.policies._validate import optional_positive
+from connectivity.policies.clock import SYSTEM_CLOCK, Clock
+from connectivity.policies.deadline import DEADLINE_HEADER, Deadline, _current
+from connectivity.policies.timeout import Timeout
+from connectivity.transports._base import Inner, Layer
+
+__all__ = ["TimeoutTransport", "clamp_timeouts"]
+
+_HTTPX_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+
+
+def clamp_timeouts(request: httpx.Request, left: float) -> object:
+    """Lower httpx's per-operation timeouts to ``left`` seconds; returns the previous value to restore."""
+    extensions = request.extensions
+    original = extensions.get("timeout")
+    if original:
+        extensions["timeout"] = {
+            key: left if (value := original.get(key)) is None or value > left else value
+            for key in _HTTPX_TIMEOUT_KEYS
+        }
+    else:
+        extensions["timeout"] = dict.fromkeys(_HTTPX_TIMEOUT_KEYS, left)
+    return original
+
+
+def _restore(request: httpx.Request, original: object) -> None:
+    if original is None:
+        request.extensions.pop("timeout", None)
+    else:
+        request.extensions["timeout"] = original
+
+
+class _Budget:
+    """The limit in force for one call: seconds left, and whether it is the deadline or a per-try limit."""
+
+    __slots__ = ("deadline", "per_try", "remaining", "seconds")
+
+    def __init__(self, remaining: float, deadline: Deadline, per_try: bool, seconds: float) -> None:
+        self.remaining = remaining
+        self.deadline = deadline
+        self.per_try = per_try
+        self.seconds = seconds
+
+
+class TimeoutTransport(Layer):
+    """Bound an outbound call by a total deadline or a per-try timeout.
+
+    Args:
+        inner: The transport to call.
+        timeout: Seconds allowed (``None``: only an ambient deadline applies). A :class:`connectivity.Timeout`
+            is accepted too: its ``total`` is used, or its ``per_try`` when ``per_try=True``.
+        per_try: This layer limits a single attempt: exceeding it raises ``PerTryTimeoutError`` (retryable)
+            instead of ``DeadlineExceededError``, and it does not become the ambient deadline.
+        propagate: Send the remaining budget upstream in ``x-connectivity-timeout-ms``.
+        clock: Time source.
+
+    A per-request override goes in ``request.extensions["connectivity.timeout"]`` (seconds or ``None``).
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_clock", "_per_try", "_propagate", "_timeout")
+
+    def __init__(
+        self,
+        inner: Inner,
+        timeout: float | Timeout | None = None,
+        *,
+        per_try: bool = False,
+        propagate: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        super().__init__(inner)
+        if isinstance(timeout, Timeout):
+            timeout = timeout.per_try if per_try else timeout.total
+        self._timeout = optional_positive("TimeoutTransport.timeout", timeout)
+        self._per_try = per_try
+        self._propagate = propagate
+        self._clock = clock
+
+    def _budget(self, request: httpx.Request) -> _Budget | None:
+        own = request.extensions.get("connectivity.timeout", self._timeout)
+        ambient = _current.get()
+        if ambient is not None:
+            left = ambient.remaining()
+            if own is None or left <= own:
+                if left <= 0:
+                    raise DeadlineExceededError("deadline exceeded before the request was sent", request=request)
+                return _Budget(left, ambient, False, left)
+        if own is None:
+            return None
+        clock = self._clock
+        return _Budget(own, Deadline(clock.now() + own, clock), self._per_try, own)
+
+    def _prepare(self, request: httpx.Request, budget: _Budget) -> object:
+        """Clamp httpx's timeouts and announce the budget; returns what to restore afterwards."""
+        original = clamp_timeouts(request, budget.remaining)
+        if self._propagate:
+            request.headers[DEADLINE_HEADER] = str(max(0, math.floor(budget.remaining * 1000)))
+        return original
+
+    def _enter(self, budget: _Budget) -> Token[Deadline | None] | None:
+        """Make a total deadline ambient for the layers inside (a per-try limit or an inherited one is not)."""
+        if budget.per_try or budget.deadline is _current.get():
+            return None
+        return _current.set(budget.deadline)
+
+    def _error(self, request: httpx.Request, budget: _Budget) -> httpx.TimeoutException:
+        if budget.per_try:
+            return PerTryTimeoutError(
+                f"attempt exceeded its per-try timeout of {budget.seconds:g} s",
+                request=request,
+                timeout=budget.seconds,
+            )
+        return DeadlineExceededError(
+            f"deadline of {budget.seconds:g} s exceeded", request=request, timeout=budget.seconds
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self._sync_inner()
+        budget = self._budget(request)
+        if budget is None:
+            return inner.handle_request(request)
+        original = self._prepare(request, budget)
+        token = self._enter(budget)
+        try:
+            response = inner.handle_request(request)
+        except httpx.TimeoutException as exc:
+            if budget.deadline.expired and not isinstance(exc, DeadlineExceededError):
+                raise self._error(request, budget) from exc
+            raise
+        finally:
+            if token is not None:
+                _current.reset(token)
+            _restore(request, original)
+        if budget.deadline.expired:
+            response.close()
+            raise self._error(request, budget)
+        return response
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self._async_inner()
+        budget = self._budget(request)
+        if budget is None:
+            return await inner.handle_async_request(request)
+        original = self._prepare(request, budget)
+        token = self._enter(budget)
+        try:
+            with self._clock.timeout_scope(budget.remaining) as scope:
+                response = await inner.handle_async_request(request)
+        except httpx.TimeoutException as exc:
+            if budget.deadline.expired and not isinstance(exc, DeadlineExceededError):
+                raise self._error(request, budget) from exc
+            raise
+        finally:
+            if token is not None:
+                _current.reset(token)
+            _restore(request, original)
+        if scope.cancelled_caught:
+            raise self._error(request, budget)
+        return response

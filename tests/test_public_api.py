@@ -1,0 +1,78 @@
+"""The public surface is pinned: adding or removing a name is a deliberate change made here too."""
+
+import connectivity
+import connectivity.policies
+import connectivity.testing
+import connectivity.transports
+
+PUBLIC = [
+    "Backoff",
+    "CallRecord",
+    "Clock",
+    "ConfigError",
+    "ConnectivityError",
+    "ConnectivityWarning",
+    "Deadline",
+    "DeadlineExceededError",
+    "Hedge",
+    "OutboundError",
+    "PerTryTimeoutError",
+    "RetriesExhaustedError",
+    "Retry",
+    "RetryBudget",
+    "RetryBudgetExhaustedError",
+    "Timeout",
+    "__version__",
+    "current_deadline",
+    "deadline",
+    "policies",
+    "transport",
+    "transports",
+]
+
+
+def test_all_is_the_sorted_set_of_public_names() -> None:
+    assert connectivity.__all__ == sorted(set(connectivity.__all__))
+    assert connectivity.__all__ == PUBLIC
+
+
+def test_every_exported_name_exists() -> None:
+    for module in (connectivity, connectivity.policies, connectivity.transports, connectivity.testing):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+def test_outbound_errors_are_httpx_transport_errors() -> None:
+    import httpx
+
+    for error in (
+        connectivity.DeadlineExceededError,
+        connectivity.PerTryTimeoutError,
+        connectivity.RetriesExhaustedError,
+        connectivity.RetryBudgetExhaustedError,
+        connectivity.OutboundError,
+    ):
+        assert issubclass(error, connectivity.ConnectivityError)
+        assert issubclass(error, httpx.TransportError)
+    assert issubclass(connectivity.DeadlineExceededError, httpx.TimeoutException)
+    assert issubclass(connectivity.ConfigError, ValueError)
+
+
+def test_policy_core_imports_no_io_and_nothing_above_it() -> None:
+    """policies/ is sans-IO: no httpx, sockets or asyncio, and no project module other than errors."""
+    import ast
+    from pathlib import Path
+
+    forbidden = {"httpx", "httpcore", "asyncio", "socket", "ssl", "trio"}
+    for path in Path(connectivity.policies.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+                if name.startswith("connectivity"):
+                    assert name.startswith(("connectivity.policies", "connectivity.errors")), f"{path.name}: {name}"

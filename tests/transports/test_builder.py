@@ -1,0 +1,119 @@
+import warnings
+
+import httpx
+import pytest
+
+import connectivity as cx
+from connectivity.testing import FakeClock, ScriptedTransport, Step
+from connectivity.transports import HedgingTransport, HTTPTransport, RetryTransport, TimeoutTransport
+
+from .conftest import Sender
+
+
+def layers(transport: object) -> list[type]:
+    found = []
+    while isinstance(transport, cx.transports.Layer):
+        found.append(type(transport))
+        transport = transport.inner
+    found.append(type(transport))
+    return found
+
+
+def test_recommended_order_outermost_first() -> None:
+    transport = cx.transport(timeout=cx.Timeout(total=5.0, per_try=1.0), hedge=cx.Hedge(delay=0.1))
+    assert layers(transport) == [TimeoutTransport, RetryTransport, HedgingTransport, TimeoutTransport, HTTPTransport]
+
+
+def test_defaults_retry_idempotent_requests_under_a_budget() -> None:
+    transport = cx.transport()
+    assert layers(transport) == [TimeoutTransport, RetryTransport, HTTPTransport]
+    retry = transport.inner
+    assert isinstance(retry, RetryTransport)
+    assert retry.retry.budget is not None
+    assert retry.retry.attempts == 3
+
+
+def test_retry_false_leaves_only_the_deadline_layer() -> None:
+    assert layers(cx.transport(retry=False)) == [TimeoutTransport, HTTPTransport]
+    assert layers(cx.transport(retry=cx.Retry.disabled())) == [TimeoutTransport, HTTPTransport]
+
+
+def test_hedges_share_the_retry_budget() -> None:
+    budget = cx.RetryBudget()
+    transport = cx.transport(retry=cx.Retry(budget=budget), hedge=cx.Hedge(delay=0.1))
+    hedging = transport.inner.inner  # type: ignore[attr-defined]
+    assert isinstance(hedging, HedgingTransport)
+    assert hedging.hedge.budget is budget
+
+
+def test_one_stack_serves_sync_and_async_clients(send: Sender) -> None:
+    clock = FakeClock()
+    script = ScriptedTransport([503, 200], clock=clock)
+    response = send(cx.transport(script, timeout=5.0, clock=clock))
+    assert response.status_code == 200
+    assert response.extensions["connectivity"].attempts == 2
+
+
+def test_per_try_timeout_set_twice_is_rejected() -> None:
+    with pytest.raises(cx.ConfigError, match="set it once") as info:
+        cx.transport(timeout=cx.Timeout(total=5, per_try=1), retry=cx.Retry(per_try_timeout=2))
+    assert info.value.field == "Retry.per_try_timeout"
+
+
+def test_retry_per_try_longer_than_total_is_rejected() -> None:
+    with pytest.raises(cx.ConfigError, match=r"Timeout\.total"):
+        cx.transport(timeout=1.0, retry=cx.Retry(per_try_timeout=2))
+
+
+def test_hedging_that_cannot_fit_in_the_total_is_rejected() -> None:
+    with pytest.raises(cx.ConfigError, match="does not fit") as info:
+        cx.transport(timeout=cx.Timeout(total=1.0, per_try=0.8), hedge=cx.Hedge(delay=0.3, max_extra=1))
+    assert info.value.field == "Hedge.delay"
+    with pytest.raises(cx.ConfigError, match="does not fit"):
+        cx.transport(timeout=1.0, hedge=cx.Hedge(delay=0.5, max_extra=2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"timeout": "10s"}, "transport.timeout"),
+        ({"timeout": -1}, "Timeout.total"),
+        ({"timeout": float("nan")}, "Timeout.total"),
+        ({"retry": 3}, "transport.retry"),
+        ({"hedge": 0.1}, "transport.hedge"),
+    ],
+)
+def test_bad_arguments_raise_config_error(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(cx.ConfigError) as info:
+        cx.transport(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_retries_at_two_layers_warn() -> None:
+    inner = RetryTransport(ScriptedTransport([200]))
+    with pytest.warns(cx.ConnectivityWarning, match="more than one layer"):
+        cx.transport(inner)
+    with pytest.warns(cx.ConnectivityWarning, match="retries=2"):
+        cx.transport(httpx.HTTPTransport(retries=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cx.transport(httpx.HTTPTransport())
+        cx.transport(inner, retry=False)
+
+
+def test_http_transport_creates_each_pool_on_first_use() -> None:
+    transport = HTTPTransport()
+    assert transport._sync is None
+    assert transport._async is None
+    assert isinstance(transport.sync, httpx.HTTPTransport)
+    assert transport._async is None
+    transport.close()
+
+
+def test_hedged_stack_end_to_end_on_fake_time() -> None:
+    clock = FakeClock()
+    script = ScriptedTransport([Step(200, delay=2.0, content=b"slow"), Step(200, content=b"fast")], clock=clock)
+    transport = cx.transport(script, timeout=cx.Timeout(total=3.0), hedge=cx.Hedge(delay=0.2), clock=clock)
+    response = Sender("trio")(transport)
+    assert response.content == b"fast"
+    assert clock.now() == pytest.approx(0.2)
