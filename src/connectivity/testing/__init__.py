@@ -6,5 +6,15 @@ The pytest plugin (registered automatically when the package is installed) provi
 
 from connectivity.testing.clock import FakeClock
 from connectivity.testing.scripted import RecordedRequest, ScriptedTransport, Step
+from connectivity.testing.upstream import Faults, FaultyUpstream, RequestRecord, UpstreamStats
 
-__all__ = ["FakeClock", "RecordedRequest", "ScriptedTransport", "Step"]
+__all__ = [
+    "FakeClock",
+    "Faults",
+    "FaultyUpstream",
+    "RecordedRequest",
+    "RequestRecord",
+    "ScriptedTransport",
+    "Step",
+    "UpstreamStats",
+]

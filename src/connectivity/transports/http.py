@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from connectivity.transports._network import DeadlineAwareAsyncBackend, DeadlineAwareBackend
+
 __all__ = ["HTTPTransport"]
 
 
@@ -17,8 +19,13 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     The sync pool (:class:`httpx.HTTPTransport`) and the async pool (:class:`httpx.AsyncHTTPTransport`) are
     created on first use with the same keyword arguments (``verify``, ``cert``, ``http2``, ``limits``, ...).
 
+    Their network I/O is deadline-aware: every connect, read and write is bounded by what is left of the ambient
+    deadline, so a :class:`~connectivity.transports.TimeoutTransport` above needs no cancel scope of its own.
+
     .. versionadded:: 0.1
     """
+
+    connectivity_deadline_aware = True
 
     def __init__(self, **kwargs: Any) -> None:
         self._kwargs = kwargs
@@ -32,7 +39,10 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         if self._sync is None:
             with self._lock:
                 if self._sync is None:
-                    self._sync = httpx.HTTPTransport(**self._kwargs)
+                    sync = httpx.HTTPTransport(**self._kwargs)
+                    pool = sync._pool
+                    pool._network_backend = DeadlineAwareBackend(pool._network_backend)
+                    self._sync = sync
         return self._sync
 
     @property
@@ -41,7 +51,10 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         if self._async is None:
             with self._lock:
                 if self._async is None:
-                    self._async = httpx.AsyncHTTPTransport(**self._kwargs)
+                    transport = httpx.AsyncHTTPTransport(**self._kwargs)
+                    pool = transport._pool
+                    pool._network_backend = DeadlineAwareAsyncBackend(pool._network_backend)
+                    self._async = transport
         return self._async
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

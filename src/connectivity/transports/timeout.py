@@ -32,7 +32,7 @@ from connectivity.policies.deadline import DEADLINE_HEADER, Deadline, _current
 from connectivity.policies.timeout import Timeout
 from connectivity.transports._base import Inner, Layer
 
-__all__ = ["TimeoutTransport", "clamp_timeouts"]
+__all__ = ["TimeoutTransport", "clamp_timeouts", "deadline_aware"]
 
 _HTTPX_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 
@@ -49,6 +49,20 @@ def clamp_timeouts(request: httpx.Request, left: float) -> object:
     else:
         extensions["timeout"] = dict.fromkeys(_HTTPX_TIMEOUT_KEYS, left)
     return original
+
+
+def deadline_aware(transport: object) -> bool:
+    """Whether ``transport`` enforces the ambient deadline on its own (at the socket, or by a layer that does)."""
+    while isinstance(transport, Layer):
+        if isinstance(transport, TimeoutTransport):
+            return True
+        transport = transport.inner
+    return bool(getattr(transport, "connectivity_deadline_aware", False))
+
+
+def _spent(budget: _Budget) -> bool:
+    # The timer that fired was the deadline's (give or take clock granularity), not an unrelated httpx timeout.
+    return budget.deadline.remaining() <= 1e-3
 
 
 def _restore(request: httpx.Request, original: object) -> None:
@@ -87,7 +101,7 @@ class TimeoutTransport(Layer):
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_clock", "_per_try", "_propagate", "_timeout")
+    __slots__ = ("_at_socket", "_clock", "_per_try", "_propagate", "_timeout")
 
     def __init__(
         self,
@@ -105,6 +119,9 @@ class TimeoutTransport(Layer):
         self._per_try = per_try
         self._propagate = propagate
         self._clock = clock
+        # Over a deadline-aware network transport the limit is enforced at the socket (see _network.py); over any
+        # other transport an async call gets a cancel scope that fires at the limit.
+        self._at_socket = deadline_aware(inner)
 
     def _budget(self, request: httpx.Request) -> _Budget | None:
         own = request.extensions.get("connectivity.timeout", self._timeout)
@@ -128,8 +145,8 @@ class TimeoutTransport(Layer):
         return original
 
     def _enter(self, budget: _Budget) -> Token[Deadline | None] | None:
-        """Make a total deadline ambient for the layers inside (a per-try limit or an inherited one is not)."""
-        if budget.per_try or budget.deadline is _current.get():
+        """Make the limit ambient for the layers and the network I/O inside (unless it is already)."""
+        if budget.deadline is _current.get():
             return None
         return _current.set(budget.deadline)
 
@@ -154,7 +171,7 @@ class TimeoutTransport(Layer):
         try:
             response = inner.handle_request(request)
         except httpx.TimeoutException as exc:
-            if budget.deadline.expired and not isinstance(exc, DeadlineExceededError):
+            if not isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) and _spent(budget):
                 raise self._error(request, budget) from exc
             raise
         finally:
@@ -162,6 +179,8 @@ class TimeoutTransport(Layer):
                 _current.reset(token)
             _restore(request, original)
         if budget.deadline.expired:
+            # A blocking call cannot be interrupted; an inner transport that ignored the clamped timeouts
+            # overran: do not hand out a late answer as if it were in time.
             response.close()
             raise self._error(request, budget)
         return response
@@ -174,16 +193,19 @@ class TimeoutTransport(Layer):
         original = self._prepare(request, budget)
         token = self._enter(budget)
         try:
-            with self._clock.timeout_scope(budget.remaining) as scope:
+            if self._at_socket:
                 response = await inner.handle_async_request(request)
+            else:
+                with self._clock.timeout_scope(budget.remaining) as scope:
+                    response = await inner.handle_async_request(request)
+                if scope.cancelled_caught:
+                    raise self._error(request, budget)
         except httpx.TimeoutException as exc:
-            if budget.deadline.expired and not isinstance(exc, DeadlineExceededError):
+            if not isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) and _spent(budget):
                 raise self._error(request, budget) from exc
             raise
         finally:
             if token is not None:
                 _current.reset(token)
             _restore(request, original)
-        if scope.cancelled_caught:
-            raise self._error(request, budget)
         return response

@@ -1,0 +1,83 @@
+"""The connectivity pytest plugin: a fake clock and real faulty upstream servers as fixtures.
+
+Registered through the ``pytest11`` entry point, so it loads wherever ``connectivity-sdk`` is installed. Heavy or
+optional imports (uvicorn, the clock) happen inside the fixtures, so merely loading the plugin costs nothing and
+needs nothing beyond pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+import pytest
+
+if TYPE_CHECKING:
+    from connectivity.testing.clock import FakeClock
+    from connectivity.testing.server import RunningServer
+    from connectivity.testing.upstream import Faults, FaultyUpstream
+
+__all__ = ["UpstreamFactory", "fake_clock", "faulty_upstream", "faulty_upstream_factory"]
+
+_SYSTEM_MARKER = "system: needs a system binary (skipped locally when absent; required in CI)"
+
+
+class UpstreamFactory(Protocol):
+    """Starts a named :class:`~connectivity.testing.upstream.FaultyUpstream` replica on a real server."""
+
+    def __call__(
+        self, name: str = "upstream", *, faults: Faults | None = None, seed: int | str | None = None
+    ) -> RunningServer[FaultyUpstream]:
+        """Start a replica.
+
+        Args:
+            name: Replica name (echoed in its responses; must be unique within the test).
+            faults: Initial faults (default: none).
+            seed: Seed of the replica's ``random.Random``; default derived from ``name``, so runs repeat.
+        """
+        ...
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``system`` marker unless the project already declares it."""
+    declared = config.getini("markers")
+    if not any(str(line).split(":", 1)[0].strip() == "system" for line in declared):
+        config.addinivalue_line("markers", _SYSTEM_MARKER)
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A fresh :class:`~connectivity.testing.clock.FakeClock`."""
+    from connectivity.testing.clock import FakeClock
+
+    return FakeClock()
+
+
+@pytest.fixture
+def faulty_upstream_factory() -> Iterator[UpstreamFactory]:
+    """Start any number of named faulty replicas; every one is stopped when the test ends."""
+    from connectivity.testing.server import serve
+    from connectivity.testing.upstream import FaultyUpstream
+
+    names: set[str] = set()
+    with contextlib.ExitStack() as stack:
+
+        def start(
+            name: str = "upstream", *, faults: Faults | None = None, seed: int | str | None = None
+        ) -> RunningServer[FaultyUpstream]:
+            if name in names:
+                raise ValueError(f"an upstream named {name!r} is already running in this test")
+            names.add(name)
+            rng = random.Random(f"connectivity:{name}" if seed is None else seed)
+            app = FaultyUpstream(name=name, faults=faults, rng=rng)
+            return stack.enter_context(serve(app, name=name))
+
+        yield start
+
+
+@pytest.fixture
+def faulty_upstream(faulty_upstream_factory: UpstreamFactory) -> RunningServer[FaultyUpstream]:
+    """One running faulty replica named ``"upstream"``: ``.url``, and the knobs and stats on ``.app``."""
+    return faulty_upstream_factory("upstream")
