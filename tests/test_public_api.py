@@ -75,4 +75,6 @@ def test_policy_core_imports_no_io_and_nothing_above_it() -> None:
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
                 if name.startswith("connectivity"):
-                    assert name.startswith(("connectivity.policies", "connectivity.errors")), f"{path.name}: {name}"
+                    assert name.startswith(("connectivity.policies", "connectivity.errors")), (
+                        f"{path.name}: {name}"
+                    )

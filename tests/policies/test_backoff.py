@@ -69,7 +69,7 @@ def test_invalid_values_name_the_field(kwargs: dict[str, object], field: str) ->
 
 
 def test_unknown_kind_and_bad_tenacity_wait_are_rejected() -> None:
-    with pytest.raises(ConfigError, match="Backoff.kind"):
+    with pytest.raises(ConfigError, match=r"Backoff\.kind"):
         Backoff(kind="linear")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="from_tenacity"):
         Backoff.from_tenacity(3)  # type: ignore[arg-type]

@@ -75,5 +75,5 @@ def test_tightest_valid_header_wins_and_invalid_ones_are_ignored() -> None:
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "1"])
 def test_invalid_deadline_seconds(bad: object) -> None:
-    with pytest.raises(ConfigError, match="Deadline.seconds"):
+    with pytest.raises(ConfigError, match=r"Deadline\.seconds"):
         Deadline.after(bad)  # type: ignore[arg-type]

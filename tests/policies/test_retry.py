@@ -13,7 +13,9 @@ REGISTRY = json.loads((Path(__file__).parents[1] / "vectors" / "rfc9110-registri
 
 def test_default_methods_are_exactly_rfc9110_idempotent_methods() -> None:
     registered = {
-        row["Method"] for row in REGISTRY["method.registration"] if row["Idempotent"] == "yes" and row["Method"] != "*"
+        row["Method"]
+        for row in REGISTRY["method.registration"]
+        if row["Idempotent"] == "yes" and row["Method"] != "*"
     }
     assert Retry().methods == registered == IDEMPOTENT_METHODS
 

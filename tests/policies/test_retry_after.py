@@ -59,7 +59,12 @@ def test_rfc850_two_digit_years_within_50_years_ahead_are_in_this_century() -> N
 
 @pytest.mark.parametrize(
     "value",
-    ["Mon, 31 Feb 2050 00:00:00 GMT", "Mon, 01 Jan 2050 24:00:00 GMT", "Mon, 01 Jan 2050 00:60:00 GMT", "Xyz, 01 Jan 2050 00:00:00 GMT"],
+    [
+        "Mon, 31 Feb 2050 00:00:00 GMT",
+        "Mon, 01 Jan 2050 24:00:00 GMT",
+        "Mon, 01 Jan 2050 00:60:00 GMT",
+        "Xyz, 01 Jan 2050 00:00:00 GMT",
+    ],
 )
 def test_impossible_dates_are_invalid(value: str) -> None:
     assert parse_http_date(value, now=NOW) is None

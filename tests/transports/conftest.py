@@ -22,7 +22,9 @@ class Sender:
     def is_async(self) -> bool:
         return self.mode != "sync"
 
-    def __call__(self, transport: Any, method: str = "GET", url: str = "http://upstream/", **kwargs: Any) -> httpx.Response:
+    def __call__(
+        self, transport: Any, method: str = "GET", url: str = "http://upstream/", **kwargs: Any
+    ) -> httpx.Response:
         if self.mode == "sync":
             with httpx.Client(transport=transport) as client:
                 response = client.request(method, url, **kwargs)

@@ -21,7 +21,13 @@ def layers(transport: object) -> list[type]:
 
 def test_recommended_order_outermost_first() -> None:
     transport = cx.transport(timeout=cx.Timeout(total=5.0, per_try=1.0), hedge=cx.Hedge(delay=0.1))
-    assert layers(transport) == [TimeoutTransport, RetryTransport, HedgingTransport, TimeoutTransport, HTTPTransport]
+    assert layers(transport) == [
+        TimeoutTransport,
+        RetryTransport,
+        HedgingTransport,
+        TimeoutTransport,
+        HTTPTransport,
+    ]
 
 
 def test_defaults_retry_idempotent_requests_under_a_budget() -> None:

@@ -14,7 +14,9 @@ from .conftest import Sender
 def test_async_hedge_returns_the_fast_answer_and_cancels_the_slow_attempt(mode: str) -> None:
     send = Sender(mode)
     clock = FakeClock()
-    script = ScriptedTransport([Step(200, delay=3.0, content=b"slow"), Step(200, delay=0.1, content=b"fast")], clock=clock)
+    script = ScriptedTransport(
+        [Step(200, delay=3.0, content=b"slow"), Step(200, delay=0.1, content=b"fast")], clock=clock
+    )
     response = send(HedgingTransport(script, cx.Hedge(delay=0.5), clock=clock))
     assert response.content == b"fast"
     record = response.extensions["connectivity"]

@@ -98,7 +98,9 @@ def test_429_without_retry_after_is_returned_not_retried(send: Sender) -> None:
 
 def test_http_date_retry_after_uses_the_clock_wall_time(send: Sender) -> None:
     clock = FakeClock(epoch=1_700_000_000)  # 2023-11-14 22:13:20 GMT
-    script = ScriptedTransport([Step(503, headers={"Retry-After": "Tue, 14 Nov 2023 22:13:23 GMT"}), 200], clock=clock)
+    script = ScriptedTransport(
+        [Step(503, headers={"Retry-After": "Tue, 14 Nov 2023 22:13:23 GMT"}), 200], clock=clock
+    )
     assert send(stack(script, clock)).status_code == 200
     assert clock.sleeps == [3.0]
 
@@ -144,9 +146,7 @@ def test_backoff_waits_between_attempts(send: Sender) -> None:
 def test_per_request_override(send: Sender) -> None:
     clock = FakeClock()
     script = ScriptedTransport([503, 200], clock=clock)
-    response = send(
-        stack(script, clock), extensions={"connectivity.retry": cx.Retry.disabled()}
-    )
+    response = send(stack(script, clock), extensions={"connectivity.retry": cx.Retry.disabled()})
     assert response.status_code == 503
     assert len(script.requests) == 1
 
