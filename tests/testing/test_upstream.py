@@ -68,6 +68,7 @@ def test_body_bytes_are_recorded_exactly(faulty_upstream: Upstream) -> None:
 def test_reset_stats_zeroes_counters(faulty_upstream: Upstream) -> None:
     with httpx.Client(base_url=faulty_upstream.url) as client:
         client.get("/")
+        faulty_upstream.app.wait_for(lambda s: s.in_flight == 0)  # the record lands just after the response
         faulty_upstream.app.reset_stats()
         client.put("/x")
     stats = faulty_upstream.app.stats

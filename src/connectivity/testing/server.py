@@ -220,7 +220,9 @@ def serve(
     started = threading.Event()
     server = _Server(config, started)
     failure: list[BaseException] = []
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
+    # every response waits ~40 ms for a delayed ACK (Nagle), headers and body being separate writes.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]

@@ -302,20 +302,24 @@ class FaultyUpstream:
         outcome: Outcome = "cancelled"
         status: int | None = None
         body = bytearray()
+        recorded = False
         try:
             if not await _read_body(receive, body) or await _wait_or_disconnect(receive, plan.delay, plan.hang):
                 outcome = "disconnect"
             elif plan.reset:
+                # Recorded before the client can notice, so a test that saw the reset also sees it counted.
+                recorded = self._finish(plan, scope, bytes(body), "reset", None)
                 _reset(scope, abortive=plan.faults.reset_mode == "rst")
-                outcome = "reset"
             else:
                 status, headers, content = self._response(scope, plan, len(body))
                 headers.append((b"content-length", str(len(content)).encode()))
                 await send({"type": "http.response.start", "status": status, "headers": headers})
+                # Recorded before the last message: a client holding the response can trust the stats.
+                recorded = self._finish(plan, scope, bytes(body), "error" if plan.error else "ok", status)
                 await send({"type": "http.response.body", "body": content})
-                outcome = "error" if plan.error else "ok"
         finally:
-            self._finish(plan, scope, bytes(body), outcome, status)
+            if not recorded:
+                self._finish(plan, scope, bytes(body), outcome, status)
 
     def _begin(self, scope: Scope) -> _Plan:
         with self._cond:
@@ -336,7 +340,7 @@ class FaultyUpstream:
             self._cond.notify_all()
             return plan
 
-    def _finish(self, plan: _Plan, scope: Scope, body: bytes, outcome: Outcome, status: int | None) -> None:
+    def _finish(self, plan: _Plan, scope: Scope, body: bytes, outcome: Outcome, status: int | None) -> bool:
         record = RequestRecord(
             seq=plan.seq,
             method=scope["method"],
@@ -353,6 +357,7 @@ class FaultyUpstream:
             self._counts[outcome] += 1
             self._records.append(record)
             self._cond.notify_all()
+        return True
 
     def _response(self, scope: Scope, plan: _Plan, size: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if plan.error:
