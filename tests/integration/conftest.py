@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -43,12 +43,12 @@ def settled(server: RunningServer[FaultyUpstream]) -> UpstreamStats:
 
 
 @pytest.fixture
-def refused_url() -> Iterator[str]:
+def refused_url() -> str:
     """A loopback URL where nothing listens: connecting fails before any byte is sent."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(params=["sync", "asyncio", "trio"])
