@@ -135,7 +135,11 @@ def _warn_nested_retries(inner: Inner, retry: Retry | None) -> None:
             )
             return
         layer = layer.inner
-    pool_retries = getattr(getattr(layer, "_pool", None), "_retries", 0)
+    pool_retries = (
+        layer.retries
+        if isinstance(layer, HTTPTransport)
+        else getattr(getattr(layer, "_pool", None), "_retries", 0)
+    )
     if pool_retries:
         warnings.warn(
             f"the inner httpx transport also retries connections (retries={pool_retries}); "

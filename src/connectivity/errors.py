@@ -63,21 +63,15 @@ class DeadlineExceededError(ConnectivityError, httpx.TimeoutException):
     """The total time budget of a call (its deadline) ran out.
 
     Attributes:
-        timeout: The budget that was exceeded, in seconds (``None`` when it came from an ambient deadline).
-        attempts: How many attempts had been started when the deadline fired.
+        timeout: The budget the failing layer enforced, in seconds: its own total, or what was left of an
+            ambient deadline when the call reached it (``None`` when unknown).
     """
 
     def __init__(
-        self,
-        message: str,
-        *,
-        request: httpx.Request | None = None,
-        timeout: float | None = None,
-        attempts: int = 0,
+        self, message: str, *, request: httpx.Request | None = None, timeout: float | None = None
     ) -> None:
         super().__init__(message, request=request)
         self.timeout = timeout
-        self.attempts = attempts
 
 
 class PerTryTimeoutError(ConnectivityError, httpx.TimeoutException):

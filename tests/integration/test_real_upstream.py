@@ -194,3 +194,37 @@ def test_nothing_is_left_open_after_1000_requests_with_30_percent_faults(
     stats = server.app.wait_for(lambda s: s.in_flight == 0, timeout=5.0)
     assert stats.requests > total  # retries happened
     server.wait_for_connections(0, timeout=5.0)  # the client closed every connection it opened
+
+
+async def trickle(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """An upstream whose headers come at once and whose body trickles in over 1.2 s."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+    for index in range(4):
+        with anyio.move_on_after(0.3):
+            await receive()  # returns early only if the client goes away
+        await send({"type": "http.response.body", "body": b"x", "more_body": index < 3})
+
+
+def test_total_deadline_covers_reading_the_body(mode: str) -> None:
+    from connectivity.testing.server import serve
+
+    with serve(trickle, name="trickle") as server:
+        transport = cx.transport(timeout=cx.Timeout(total=0.5))
+        started = time.monotonic()
+        with pytest.raises(cx.DeadlineExceededError):
+            request(mode, transport, "GET", server.url)
+        assert time.monotonic() - started < 0.9
+        server.wait_for_connections(0, timeout=3.0)
+
+
+def test_retries_tell_the_upstream_the_attempt_number(mode: str, faulty_upstream_factory) -> None:  # type: ignore[no-untyped-def]
+    flaky = faulty_upstream_factory("flaky", faults=Faults(error_rate=1.0))
+    healthy = faulty_upstream_factory("healthy")
+    transport = cx.transport(
+        AttemptRouter(HTTPTransport(), [flaky.url, healthy.url]), retry=cx.Retry(backoff=cx.Backoff.none())
+    )
+    response = request(mode, transport, "GET", f"{flaky.url}/")
+    assert response.json()["attempt"] == "2"
+    assert settled(flaky).records[0].header("x-connectivity-attempt") is None

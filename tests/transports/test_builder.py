@@ -101,6 +101,8 @@ def test_retries_at_two_layers_warn() -> None:
         cx.transport(inner)
     with pytest.warns(cx.ConnectivityWarning, match="retries=2"):
         cx.transport(httpx.HTTPTransport(retries=2))
+    with pytest.warns(cx.ConnectivityWarning, match="retries=1"):
+        cx.transport(HTTPTransport(retries=1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cx.transport(httpx.HTTPTransport())

@@ -91,3 +91,21 @@ def test_hedges_respect_the_budget(send: Sender) -> None:
     response = send(HedgingTransport(script, cx.Hedge(delay=0.1, budget=budget), clock=clock))
     assert response.status_code == 200
     assert len(script.requests) == 1
+
+
+def test_hedging_can_be_turned_off_per_request(send: Sender) -> None:
+    clock = FakeClock()
+    script = ScriptedTransport([Step(200, delay=1.0)], clock=clock)
+    response = send(
+        HedgingTransport(script, cx.Hedge(delay=0.1), clock=clock), extensions={"connectivity.hedge": False}
+    )
+    assert response.status_code == 200
+    assert len(script.requests) == 1
+
+
+def test_hedged_attempts_carry_their_attempt_number(send: Sender) -> None:
+    clock = FakeClock()
+    script = ScriptedTransport([503, 200], clock=clock)
+    send(HedgingTransport(script, cx.Hedge(delay=1.0), clock=clock))
+    assert "x-connectivity-attempt" not in script.requests[0].headers
+    assert script.requests[1].headers["x-connectivity-attempt"] == "2"

@@ -121,3 +121,21 @@ def test_per_request_timeout_override(send: Sender) -> None:
     with pytest.raises(cx.DeadlineExceededError):
         send(transport, extensions={"connectivity.timeout": 0.25})
     assert clock.now() == 0.25
+
+
+def test_per_try_override_has_its_own_key(send: Sender) -> None:
+    clock = FakeClock()
+    script = ScriptedTransport([Step(200, delay=1.5), Step(204)], clock=clock)
+    transport = cx.transport(
+        script, timeout=cx.Timeout(total=10.0, per_try=2.0), retry=cx.Retry(backoff=cx.Backoff.none()), clock=clock
+    )
+    response = send(transport, extensions={"connectivity.per_try_timeout": 1.0})
+    assert response.status_code == 204
+    assert clock.now() == 1.0
+
+
+def test_hand_composed_timeout_layer_propagates_by_default(send: Sender) -> None:
+    clock = FakeClock()
+    script = ScriptedTransport([200], clock=clock)
+    send(TimeoutTransport(script, 3.0, clock=clock))
+    assert script.requests[0].headers[DEADLINE_HEADER] == "3000"

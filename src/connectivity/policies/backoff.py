@@ -2,8 +2,9 @@
 
 Three shapes, all capped:
 
-* ``exponential`` with full jitter (AWS, Envoy): ``uniform(0, min(cap, base * multiplier**n))``. Jitter spreads
-  retries of many clients so they do not arrive in lock step.
+* ``exponential`` with full jitter (AWS, Envoy): retry *n* (counted from 1) waits
+  ``uniform(0, min(cap, base * multiplier**(n - 1)))``. Jitter spreads retries of many clients so they do not
+  arrive in lock step.
 * ``decorrelated`` jitter (AWS): ``min(cap, uniform(base, previous * 3))``.
 * ``constant``: always ``base`` (optionally jittered by a fraction).
 
@@ -74,7 +75,7 @@ class Backoff:
         multiplier: float = 2.0,
         rng: random.Random | None = None,
     ) -> Backoff:
-        """Exponential growth with full jitter: retry *n* waits ``uniform(0, min(cap, base*multiplier**n))``."""
+        """Full jitter: retry *n* waits ``uniform(0, min(cap, base*multiplier**(n-1)))``."""
         return cls("exponential", base, cap, multiplier, 0.0, rng)
 
     @classmethod

@@ -26,6 +26,7 @@ from connectivity.policies.hedge import Hedge
 from connectivity.policies.retry import Retry
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports._outcome import failure_kind, record_of
+from connectivity.transports.retry import ATTEMPT_HEADER
 
 __all__ = ["HedgingTransport"]
 
@@ -42,7 +43,8 @@ class HedgingTransport(Layer):
         retry: The policy whose classification decides which outcomes are failures (default ``Retry()``).
         clock: Time source for the async hedge delay.
 
-    A per-request override goes in ``request.extensions["connectivity.hedge"]`` (a ``Hedge``). The response's
+    A per-request override goes in ``request.extensions["connectivity.hedge"]`` (a ``Hedge``, or ``False`` to
+    send this request once). An override's hedges draw from its own ``budget`` only. The response's
     :class:`CallRecord` tells how many hedges were started and which attempt won.
 
     .. versionadded:: 0.1
@@ -73,7 +75,9 @@ class HedgingTransport(Layer):
         return self._hedge
 
     def _policy(self, request: httpx.Request) -> Hedge | None:
-        hedge: Hedge = request.extensions.get(_OVERRIDE) or self._hedge
+        hedge: Hedge | None = request.extensions.get(_OVERRIDE, self._hedge)
+        if not hedge:  # `False` or `None` turns hedging off for this request
+            return None
         eligible = isinstance(request.stream, httpx.ByteStream) and hedge.may_hedge(
             request.method, has_idempotency_key=hedge.idempotency_header in request.headers
         )
@@ -95,13 +99,11 @@ class HedgingTransport(Layer):
         extensions = dict(request.extensions)
         extensions["connectivity.attempt"] = index + 1
         extensions["connectivity.prefer_other_endpoint"] = True
-        return httpx.Request(
-            request.method,
-            request.url,
-            headers=request.headers,
-            stream=request.stream,
-            extensions=extensions,
+        hedged = httpx.Request(
+            request.method, request.url, headers=request.headers, stream=request.stream, extensions=extensions
         )
+        hedged.headers[ATTEMPT_HEADER] = str(index + 1)
+        return hedged
 
     @staticmethod
     def _result(outcome: Outcome, index: int, started: int) -> httpx.Response:

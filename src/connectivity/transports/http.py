@@ -34,6 +34,11 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         self._lock = threading.Lock()
 
     @property
+    def retries(self) -> int:
+        """Connection retries httpx's pools make on their own (the ``retries`` argument)."""
+        return int(self._kwargs.get("retries", 0))
+
+    @property
     def sync(self) -> httpx.HTTPTransport:
         """The sync pool (created on first use)."""
         if self._sync is None:

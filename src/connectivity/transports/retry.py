@@ -26,9 +26,11 @@ from connectivity.transports._body import is_replayable, make_replayable
 from connectivity.transports._outcome import failure_kind, record_of
 from connectivity.transports.timeout import TimeoutTransport, clamp_timeouts
 
-__all__ = ["RetryTransport"]
+__all__ = ["ATTEMPT_HEADER", "RetryTransport"]
 
 _OVERRIDE = "connectivity.retry"
+ATTEMPT_HEADER = "x-connectivity-attempt"
+"""Sent on retries (absent on the first attempt), like Envoy's ``x-envoy-attempt-count``."""
 
 
 class RetryTransport(Layer):
@@ -108,6 +110,7 @@ class RetryTransport(Layer):
                 # The first attempt was clamped by the deadline's layer; a retry has less time left than that.
                 clamp_timeouts(request, max(ambient.remaining() - decision.delay, 0.0))
             request.extensions["connectivity.attempt"] = state.attempts
+            request.headers[ATTEMPT_HEADER] = str(state.attempts)
             if policy.prefer_other_endpoint:
                 request.extensions["connectivity.prefer_other_endpoint"] = True
         return decision

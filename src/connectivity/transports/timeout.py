@@ -21,6 +21,7 @@ layer outside may try again); when the total deadline ran out it raises
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator, Iterator
 from contextvars import Token
 
 import httpx
@@ -96,12 +97,17 @@ class TimeoutTransport(Layer):
         propagate: Send the remaining budget upstream in ``x-connectivity-timeout-ms``.
         clock: Time source.
 
-    A per-request override goes in ``request.extensions["connectivity.timeout"]`` (seconds or ``None``).
+    Per-request overrides (seconds, or ``None`` for no limit of this layer's own) go in
+    ``request.extensions["connectivity.timeout"]`` for a total layer and ``["connectivity.per_try_timeout"]`` for
+    a per-try layer.
+
+    A total limit also covers reading the response body: over a deadline-aware network transport each read of
+    the body is bounded by what is left, and running out raises ``DeadlineExceededError`` from the read.
 
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_at_socket", "_clock", "_per_try", "_propagate", "_timeout")
+    __slots__ = ("_at_socket", "_clock", "_override", "_per_try", "_propagate", "_timeout")
 
     def __init__(
         self,
@@ -109,7 +115,7 @@ class TimeoutTransport(Layer):
         timeout: float | Timeout | None = None,
         *,
         per_try: bool = False,
-        propagate: bool = False,
+        propagate: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(inner)
@@ -117,6 +123,7 @@ class TimeoutTransport(Layer):
             timeout = timeout.per_try if per_try else timeout.total
         self._timeout = optional_positive("TimeoutTransport.timeout", timeout)
         self._per_try = per_try
+        self._override = "connectivity.per_try_timeout" if per_try else "connectivity.timeout"
         self._propagate = propagate
         self._clock = clock
         # Over a deadline-aware network transport the limit is enforced at the socket (see _network.py); over any
@@ -124,7 +131,7 @@ class TimeoutTransport(Layer):
         self._at_socket = deadline_aware(inner)
 
     def _budget(self, request: httpx.Request) -> _Budget | None:
-        own = request.extensions.get("connectivity.timeout", self._timeout)
+        own = request.extensions.get(self._override, self._timeout)
         ambient = _current.get()
         if ambient is not None:
             left = ambient.remaining()
@@ -183,6 +190,8 @@ class TimeoutTransport(Layer):
             # overran: do not hand out a late answer as if it were in time.
             response.close()
             raise self._error(request, budget)
+        if not budget.per_try:
+            response.stream = _BodyUnderDeadline(response.stream, self, request, budget)
         return response
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -208,4 +217,74 @@ class TimeoutTransport(Layer):
             if token is not None:
                 _current.reset(token)
             _restore(request, original)
+        if not budget.per_try:
+            response.stream = _BodyUnderDeadline(response.stream, self, request, budget)
         return response
+
+
+class _BodyUnderDeadline(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body read under the call's deadline: each read sees it as the ambient deadline (so the network
+    layer bounds it), and a read cut short by it raises ``DeadlineExceededError``."""
+
+    __slots__ = ("_budget", "_layer", "_request", "_stream")
+
+    def __init__(
+        self,
+        stream: httpx.SyncByteStream | httpx.AsyncByteStream,
+        layer: TimeoutTransport,
+        request: httpx.Request,
+        budget: _Budget,
+    ) -> None:
+        self._stream = stream
+        self._layer = layer
+        self._request = request
+        self._budget = budget
+
+    def _timed_out(self, exc: httpx.TimeoutException) -> httpx.TimeoutException | None:
+        if isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) or not _spent(self._budget):
+            return None
+        return self._layer._error(self._request, self._budget)
+
+    def __iter__(self) -> Iterator[bytes]:
+        assert isinstance(self._stream, httpx.SyncByteStream)
+        chunks = iter(self._stream)
+        deadline = self._budget.deadline
+        while True:
+            token = _current.set(deadline)
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                return
+            except httpx.TimeoutException as exc:
+                if (error := self._timed_out(exc)) is not None:
+                    raise error from exc
+                raise
+            finally:
+                _current.reset(token)
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assert isinstance(self._stream, httpx.AsyncByteStream)
+        chunks = self._stream.__aiter__()
+        deadline = self._budget.deadline
+        while True:
+            token = _current.set(deadline)
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except httpx.TimeoutException as exc:
+                if (error := self._timed_out(exc)) is not None:
+                    raise error from exc
+                raise
+            finally:
+                _current.reset(token)
+            yield chunk
+
+    def close(self) -> None:
+        if isinstance(self._stream, httpx.SyncByteStream):
+            self._stream.close()
+
+    async def aclose(self) -> None:
+        if isinstance(self._stream, httpx.AsyncByteStream):
+            await self._stream.aclose()
