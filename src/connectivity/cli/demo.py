@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
     from rich.table import Table
 
+    from connectivity.testing.server import RunningServer
     from connectivity.testing.upstream import FaultyUpstream
 
 __all__ = ["HELP", "KindResult", "build_transport", "configure", "run", "run_demo"]
@@ -118,6 +119,8 @@ class KindResult:
         ok: Requests answered with a 2xx status.
         errors: Failed requests by cause (``"503"``, ``"PerTryTimeoutError"``, ...).
         wall: Seconds the whole batch took.
+        connections: TCP connections the replicas accepted (keep-alive reuse keeps this low; a cancelled hedge
+            or a discarded unread response costs a new one).
     """
 
     label: str
@@ -127,6 +130,7 @@ class KindResult:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     wall: float = 0.0
+    connections: int = 0
 
     @property
     def sent(self) -> int:
@@ -187,12 +191,12 @@ def _replicas(seed: int) -> list[FaultyUpstream]:
 
 
 @contextlib.contextmanager
-def _serving(seed: int) -> Iterator[list[str]]:
-    """Start fresh, identically seeded replicas; yields their URLs (healthy, flaky, slow)."""
+def _serving(seed: int) -> Iterator[list[RunningServer[FaultyUpstream]]]:
+    """Start fresh, identically seeded replicas; yields their servers (healthy, flaky, slow)."""
     from connectivity.testing.server import serve
 
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(serve(replica, name=replica.name)).url + "/" for replica in _replicas(seed)]
+        yield [stack.enter_context(serve(replica, name=replica.name)) for replica in _replicas(seed)]
 
 
 async def _send_batch(
@@ -267,11 +271,11 @@ def run_demo(
     ) as progress:
         tasks = [progress.add_task(result.label, total=requests) for result in results]
         for result, task in zip(results, tasks, strict=True):
-            with _serving(seed) as urls:
+            with _serving(seed) as servers:
                 anyio.run(
                     _run_kind,
                     result,
-                    urls,
+                    [server.url + "/" for server in servers],
                     requests,
                     concurrency,
                     time_limit,
@@ -279,6 +283,7 @@ def run_demo(
                     task,
                     backend="asyncio",
                 )
+                result.connections = sum(server.connections_opened for server in servers)
     console.print(_table(*results))
     return results
 
@@ -351,6 +356,7 @@ def _table(bare: KindResult, ours: KindResult) -> Table:
         ("errors", _errors(bare), _errors(ours)),
         ("wall time", f"{bare.wall:.2f} s", f"{ours.wall:.2f} s"),
         ("throughput", rate(bare), rate(ours)),
+        ("connections opened", str(bare.connections), str(ours.connections)),
     ]
     for row in rows:
         table.add_row(*row)

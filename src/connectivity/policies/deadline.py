@@ -18,7 +18,6 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 from connectivity.policies._validate import finite_positive
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
@@ -43,9 +42,8 @@ _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9
 _current: ContextVar[Deadline | None] = ContextVar("connectivity.deadline", default=None)
 
 
-@dataclass(frozen=True, slots=True)
 class Deadline:
-    """An absolute expiry on a clock's timeline.
+    """An absolute expiry on a clock's timeline (treat as immutable).
 
     Attributes:
         expires_at: Clock time (``clock.now()``) at which the budget is spent.
@@ -54,8 +52,27 @@ class Deadline:
     .. versionadded:: 0.1
     """
 
+    # A plain slotted class rather than a frozen dataclass: one is created per request on the hot path, and a
+    # frozen dataclass's __init__ costs several times more.
+    __slots__ = ("clock", "expires_at")
+
     expires_at: float
-    clock: Clock = SYSTEM_CLOCK
+    clock: Clock
+
+    def __init__(self, expires_at: float, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.expires_at = expires_at
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"Deadline(expires_at={self.expires_at!r}, clock={self.clock!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Deadline):
+            return NotImplemented
+        return self.expires_at == other.expires_at and self.clock is other.clock
+
+    def __hash__(self) -> int:
+        return hash((self.expires_at, id(self.clock)))
 
     @classmethod
     def after(cls, seconds: float, clock: Clock = SYSTEM_CLOCK) -> Deadline:

@@ -20,7 +20,7 @@ class Layer(httpx.BaseTransport, httpx.AsyncBaseTransport):
     context management are delegated to the inner transport.
     """
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_async", "_inner", "_sync")
 
     def __init__(self, inner: Inner) -> None:
         if not isinstance(inner, (httpx.BaseTransport, httpx.AsyncBaseTransport)):
@@ -29,6 +29,9 @@ class Layer(httpx.BaseTransport, httpx.AsyncBaseTransport):
                 f"got {type(inner).__name__}"
             )
         self._inner = inner
+        # Resolved once: the hot path then pays an attribute read, not an isinstance check.
+        self._sync = inner if isinstance(inner, httpx.BaseTransport) else None
+        self._async = inner if isinstance(inner, httpx.AsyncBaseTransport) else None
 
     @property
     def inner(self) -> Inner:
@@ -36,6 +39,8 @@ class Layer(httpx.BaseTransport, httpx.AsyncBaseTransport):
         return self._inner
 
     def _sync_inner(self) -> httpx.BaseTransport:
+        if self._sync is not None:
+            return self._sync
         if not isinstance(self._inner, httpx.BaseTransport):
             raise TypeError(
                 f"{type(self).__name__} wraps {type(self._inner).__name__}, an async-only transport: "
@@ -44,6 +49,8 @@ class Layer(httpx.BaseTransport, httpx.AsyncBaseTransport):
         return self._inner
 
     def _async_inner(self) -> httpx.AsyncBaseTransport:
+        if self._async is not None:
+            return self._async
         if not isinstance(self._inner, httpx.AsyncBaseTransport):
             raise TypeError(
                 f"{type(self).__name__} wraps {type(self._inner).__name__}, a sync-only transport: "

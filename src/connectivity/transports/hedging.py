@@ -117,7 +117,7 @@ class HedgingTransport(Layer):
     # -- async ----------------------------------------------------------------------------------------------
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        inner = self._async_inner()
+        inner = self._async or self._async_inner()
         hedge = self._policy(request)
         if hedge is None:
             return await inner.handle_async_request(request)
@@ -175,7 +175,7 @@ class HedgingTransport(Layer):
             return self._executor
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        inner = self._sync_inner()
+        inner = self._sync or self._sync_inner()
         hedge = self._policy(request)
         if hedge is None:
             return inner.handle_request(request)

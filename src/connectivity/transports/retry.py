@@ -64,9 +64,8 @@ class RetryTransport(Layer):
         """The default policy."""
         return self._retry
 
-    def _target(self, policy: Retry) -> Inner:
-        if policy.per_try_timeout is None:
-            return self._inner
+    def _per_try_layer(self, policy: Retry) -> TimeoutTransport:
+        assert policy.per_try_timeout is not None
         layer = self._per_try.get(policy.per_try_timeout)
         if layer is None:
             layer = self._per_try[policy.per_try_timeout] = TimeoutTransport(
@@ -146,9 +145,9 @@ class RetryTransport(Layer):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         policy = self._begin(request)
-        target = self._target(policy)
-        if not isinstance(target, httpx.BaseTransport):
-            target = self._sync_inner()
+        target = (
+            (self._sync or self._sync_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
+        )
         state: RetryState | None = None
         while True:
             try:
@@ -182,9 +181,9 @@ class RetryTransport(Layer):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         policy = self._begin(request)
-        target = self._target(policy)
-        if not isinstance(target, httpx.AsyncBaseTransport):
-            target = self._async_inner()
+        target = (
+            (self._async or self._async_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
+        )
         state: RetryState | None = None
         while True:
             try:
