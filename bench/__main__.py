@@ -1,0 +1,77 @@
+"""``python -m bench [overhead|e2e|all] [--quick]``: run the benchmarks and write ``bench/results/*.json``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import e2e, overhead
+
+_BENCHMARKS = ("overhead", "e2e")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmarks: connectivity's overhead over bare httpx and over peer libraries.",
+    )
+    parser.add_argument(
+        "benchmark",
+        nargs="?",
+        choices=(*_BENCHMARKS, "all"),
+        default="all",
+        help="which benchmark to run (default: all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run: few rounds, few requests")
+    parser.add_argument("--rounds", type=int, help="override the number of measured rounds")
+    parser.add_argument("--count", type=int, help="override calls (overhead) / requests (e2e) per round")
+    parser.add_argument("--no-trio", action="store_true", help="skip the trio measurements")
+    parser.add_argument(
+        "--results-dir", type=Path, help="where to write <benchmark>.json (default: bench/results/)"
+    )
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the chosen benchmarks; returns the exit status."""
+    args = _parser().parse_args(argv)
+    chosen = _BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
+    if args.rounds is not None and args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
+    if args.count is not None and args.count < 1:
+        raise SystemExit("--count must be at least 1")
+    results: list[dict[str, Any]] = []
+    for name in chosen:
+        if results:
+            print()
+        if name == "overhead":
+            results.append(
+                overhead.run(
+                    quick=args.quick,
+                    rounds=args.rounds,
+                    calls=args.count,
+                    trio=not args.no_trio,
+                    results_dir=args.results_dir,
+                )
+            )
+        else:
+            results.append(
+                e2e.run(
+                    quick=args.quick,
+                    rounds=args.rounds,
+                    requests=args.count,
+                    results_dir=args.results_dir,
+                )
+            )
+    missed = [result["benchmark"] for result in results if not result["pass"]]
+    if missed:
+        print(f"\ntargets missed in: {', '.join(missed)}")
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

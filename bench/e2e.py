@@ -1,0 +1,533 @@
+"""End to end: client CPU and latency per request to a real uvicorn upstream, for each way of adding retries.
+
+The upstream (:mod:`bench._upstream`, a pure ASGI ``200 ok``) runs under uvicorn in a separate process, so its CPU
+is not the client's; with two or more CPUs the client and the server are pinned to different ones. Every contender
+sends sequential ``GET`` requests over one keep-alive connection and does the same job: up to 3 attempts on
+transport errors and on 429/502/503/504, short exponential backoff, 10 s overall.
+
+* ``httpx``: a bare client, the baseline;
+* ``connectivity``: ``cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()))``;
+* ``httpx-retries``: ``httpx_retries.RetryTransport`` with ``Retry(total=2, status_forcelist=...)``;
+* ``stamina``: a bare client, each ``get`` wrapped in ``@stamina.retry(on=httpx.HTTPError, attempts=3)``;
+* ``httpx (control)``: a second bare client, measured like the others: how far it lands from ``httpx`` is the
+  noise floor of that run, printed under each table.
+
+Each client kind (``AsyncClient`` on asyncio, ``Client``) runs ``rounds`` rounds of ``requests`` requests per
+contender after a warm-up, the contenders taking turns every ``block`` requests so that noise from the rest of the
+machine lands on all of them alike. Client CPU is :func:`time.process_time_ns` summed over a contender's blocks and
+divided by its requests; latency is wall time per request. Reported values are medians over the rounds; the targets
+are connectivity <= :data:`TARGET_RATIO` x bare httpx client CPU, and cheaper than httpx-retries and stamina.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+import connectivity as cx
+from bench._harness import machine_info, median, percentile, schedule, table, verdict, write_results
+
+__all__ = ["FULL", "QUICK", "TARGET_RATIO", "Settings", "run", "upstream"]
+
+TARGET_RATIO = 1.02
+"""Most client CPU the connectivity stack may cost, relative to a bare httpx client."""
+
+HOST = "127.0.0.1"
+CONTENDERS = ("httpx", "connectivity", "httpx-retries", "stamina", "httpx (control)")
+CONTROL = "httpx (control)"
+"""A second bare client: its distance from ``httpx`` is the measurement's noise floor in that run."""
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_ROOT = Path(__file__).resolve().parent.parent
+_STARTUP_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much work one run does.
+
+    Attributes:
+        requests: Requests per contender per round.
+        rounds: Measured rounds (the reported value is the median over them).
+        warmup: Untimed requests per contender before the first round (opens the keep-alive connection).
+        block: Requests a contender sends before handing over to the next (see :func:`bench._harness.schedule`).
+    """
+
+    requests: int
+    rounds: int
+    warmup: int
+    block: int = 10
+
+
+FULL = Settings(requests=500, rounds=7, warmup=100)
+QUICK = Settings(requests=40, rounds=5, warmup=10, block=5)
+
+
+# -- the upstream process -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_ready(process: subprocess.Popen[bytes], port: int, deadline: float) -> bool:
+    """Poll a TCP connect until it succeeds (``True``), the process dies or the deadline passes (``False``)."""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def upstream(cpu: int | None = None, *, attempts: int = 3) -> Iterator[str]:
+    """Run :mod:`bench._upstream` under uvicorn in a child process on a free loopback port; yields its URL.
+
+    Args:
+        cpu: Pin the server process to this CPU (``None``: no pinning).
+        attempts: Ports to try (another process may take a free port between our check and uvicorn's bind).
+
+    Raises:
+        RuntimeError: The server did not accept connections within the startup deadline.
+    """
+    failure = ""
+    for _ in range(attempts):
+        port = _free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench._upstream:app",
+            "--app-dir",
+            str(_ROOT),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--http",
+            "h11",
+            "--loop",
+            "asyncio",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            # Contenders wait for each other between rounds: keep their idle connections open meanwhile.
+            "--timeout-keep-alive",
+            "600",
+        ]
+        with tempfile.TemporaryFile() as stderr:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+            try:
+                if cpu is not None:
+                    os.sched_setaffinity(process.pid, {cpu})
+                if _wait_ready(process, port, time.monotonic() + _STARTUP_TIMEOUT):
+                    yield f"http://{HOST}:{port}/"
+                    return
+                stderr.seek(0)
+                failure = stderr.read().decode(errors="replace")[-2000:]
+            finally:
+                _stop(process)
+    raise RuntimeError(f"the uvicorn upstream did not start; last error output:\n{failure}")
+
+
+# -- contenders -------------------------------------------------------------------------------------------
+
+
+def _stamina_available() -> bool:
+    try:
+        import stamina  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _httpx_retries_available() -> bool:
+    try:
+        import httpx_retries  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _connectivity_stack() -> cx.transports.Layer:
+    return cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()))
+
+
+async def _async_contenders(
+    stack: contextlib.AsyncExitStack,
+) -> dict[str, Callable[[str], Awaitable[httpx.Response]]]:
+    calls: dict[str, Callable[[str], Awaitable[httpx.Response]]] = {}
+    bare = await stack.enter_async_context(httpx.AsyncClient(trust_env=False))
+    calls["httpx"] = bare.get
+    control = await stack.enter_async_context(httpx.AsyncClient(trust_env=False))
+    ours = await stack.enter_async_context(httpx.AsyncClient(transport=_connectivity_stack(), trust_env=False))
+    calls["connectivity"] = ours.get
+    if _httpx_retries_available():
+        import httpx_retries
+
+        retrying = await stack.enter_async_context(
+            httpx.AsyncClient(
+                transport=httpx_retries.RetryTransport(
+                    transport=httpx.AsyncHTTPTransport(),
+                    retry=httpx_retries.Retry(
+                        total=2, backoff_factor=0.025, max_backoff_wait=0.25, status_forcelist=RETRY_STATUSES
+                    ),
+                ),
+                trust_env=False,
+            )
+        )
+        calls["httpx-retries"] = retrying.get
+    if _stamina_available():
+        import stamina
+
+        plain = await stack.enter_async_context(httpx.AsyncClient(trust_env=False))
+
+        @stamina.retry(on=httpx.HTTPError, attempts=3, timeout=10.0, wait_initial=0.025, wait_max=0.25)
+        async def stamina_get(url: str) -> httpx.Response:
+            response = await plain.get(url)
+            if response.status_code in RETRY_STATUSES:
+                response.raise_for_status()
+            return response
+
+        calls["stamina"] = stamina_get
+    calls[CONTROL] = control.get
+    return calls
+
+
+def _sync_contenders(stack: contextlib.ExitStack) -> dict[str, Callable[[str], httpx.Response]]:
+    calls: dict[str, Callable[[str], httpx.Response]] = {}
+    calls["httpx"] = stack.enter_context(httpx.Client(trust_env=False)).get
+    control = stack.enter_context(httpx.Client(trust_env=False))
+    calls["connectivity"] = stack.enter_context(httpx.Client(transport=_connectivity_stack(), trust_env=False)).get
+    if _httpx_retries_available():
+        import httpx_retries
+
+        calls["httpx-retries"] = stack.enter_context(
+            httpx.Client(
+                transport=httpx_retries.RetryTransport(
+                    transport=httpx.HTTPTransport(),
+                    retry=httpx_retries.Retry(
+                        total=2, backoff_factor=0.025, max_backoff_wait=0.25, status_forcelist=RETRY_STATUSES
+                    ),
+                ),
+                trust_env=False,
+            )
+        ).get
+    if _stamina_available():
+        import stamina
+
+        plain = stack.enter_context(httpx.Client(trust_env=False))
+
+        @stamina.retry(on=httpx.HTTPError, attempts=3, timeout=10.0, wait_initial=0.025, wait_max=0.25)
+        def stamina_get(url: str) -> httpx.Response:
+            response = plain.get(url)
+            if response.status_code in RETRY_STATUSES:
+                response.raise_for_status()
+            return response
+
+        calls["stamina"] = stamina_get
+    calls[CONTROL] = control.get
+    return calls
+
+
+# -- rounds -----------------------------------------------------------------------------------------------
+
+
+class _Round:
+    """One contender's share of a round: CPU summed over its blocks, and every request's latency."""
+
+    __slots__ = ("cpu_ns", "errors", "latencies")
+
+    def __init__(self) -> None:
+        self.cpu_ns = 0
+        self.errors = 0
+        self.latencies: list[int] = []
+
+    def result(self) -> dict[str, Any]:
+        count = len(self.latencies)
+        return {
+            "requests": count,
+            "errors": self.errors,
+            "cpu_ns": self.cpu_ns,
+            "cpu_us_per_request": round(self.cpu_ns / count / 1000, 2),
+            "p50_us": round(percentile(self.latencies, 50) / 1000, 1),
+            "p99_us": round(percentile(self.latencies, 99) / 1000, 1),
+        }
+
+
+def _sync_block(call: Callable[[str], httpx.Response], url: str, count: int, into: _Round) -> None:
+    latencies = into.latencies
+    clock = time.perf_counter_ns
+    cpu = time.process_time_ns()
+    for _ in range(count):
+        start = clock()
+        try:
+            if call(url).status_code != 200:
+                into.errors += 1
+        except httpx.HTTPError:
+            into.errors += 1
+        latencies.append(clock() - start)
+    into.cpu_ns += time.process_time_ns() - cpu
+
+
+async def _async_block(
+    call: Callable[[str], Awaitable[httpx.Response]], url: str, count: int, into: _Round
+) -> None:
+    latencies = into.latencies
+    clock = time.perf_counter_ns
+    cpu = time.process_time_ns()
+    for _ in range(count):
+        start = clock()
+        try:
+            if (await call(url)).status_code != 200:
+                into.errors += 1
+        except httpx.HTTPError:
+            into.errors += 1
+        latencies.append(clock() - start)
+    into.cpu_ns += time.process_time_ns() - cpu
+
+
+def _sync_mode(url: str, settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    with contextlib.ExitStack() as stack:
+        calls = _sync_contenders(stack)
+        names = list(calls)
+        for call in calls.values():
+            _sync_block(call, url, settings.warmup, _Round())
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for index in range(settings.rounds):
+            shares = {name: _Round() for name in names}
+            gc.collect()
+            for name, size in schedule(names, settings.requests, settings.block, index):
+                _sync_block(calls[name], url, size, shares[name])
+            for name in names:
+                rounds[name].append(shares[name].result())
+        return rounds
+
+
+def _async_mode(url: str, settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    async def measure() -> dict[str, list[dict[str, Any]]]:
+        async with contextlib.AsyncExitStack() as stack:
+            calls = await _async_contenders(stack)
+            names = list(calls)
+            for call in calls.values():
+                await _async_block(call, url, settings.warmup, _Round())
+            rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+            for index in range(settings.rounds):
+                shares = {name: _Round() for name in names}
+                gc.collect()
+                for name, size in schedule(names, settings.requests, settings.block, index):
+                    await _async_block(calls[name], url, size, shares[name])
+                for name in names:
+                    rounds[name].append(shares[name].result())
+            return rounds
+
+    return anyio.run(measure, backend="asyncio")
+
+
+# -- report -----------------------------------------------------------------------------------------------
+
+
+def _summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    contenders: dict[str, Any] = {}
+    for name, results in rounds.items():
+        cpu = [result["cpu_us_per_request"] for result in results]
+        contenders[name] = {
+            "cpu_us_per_request": round(median(cpu), 2),
+            "cpu_us_min_max": [min(cpu), max(cpu)],
+            "p50_us": round(median([result["p50_us"] for result in results]), 1),
+            "p99_us": round(median([result["p99_us"] for result in results]), 1),
+            "errors": sum(result["errors"] for result in results),
+            "rounds": results,
+        }
+    bare = contenders["httpx"]["cpu_us_per_request"]
+    bare_rounds = [result["cpu_us_per_request"] for result in rounds["httpx"]]
+    for name, summary in contenders.items():
+        summary["cpu_ratio_vs_httpx"] = round(summary["cpu_us_per_request"] / bare, 3)
+        summary["cpu_added_us_vs_httpx"] = round(summary["cpu_us_per_request"] - bare, 2)
+        own = [result["cpu_us_per_request"] for result in rounds[name]]
+        summary["cpu_added_us_paired_median"] = round(
+            median([mine - base for mine, base in zip(own, bare_rounds, strict=True)]), 2
+        )
+        summary["cpu_ratio_paired_median"] = round(
+            median([mine / base for mine, base in zip(own, bare_rounds, strict=True)]), 3
+        )
+    ours = contenders["connectivity"]["cpu_us_per_request"]
+    checks = {f"connectivity <= {TARGET_RATIO}x httpx": ours <= TARGET_RATIO * bare}
+    for peer in ("httpx-retries", "stamina"):
+        if peer in contenders:
+            checks[f"connectivity < {peer}"] = ours < contenders[peer]["cpu_us_per_request"]
+    result: dict[str, Any] = {"contenders": contenders, "checks": checks, "pass": all(checks.values())}
+    if CONTROL in contenders:
+        control = contenders[CONTROL]
+        result["noise_floor_us"] = max(
+            abs(control["cpu_added_us_vs_httpx"]), abs(control["cpu_added_us_paired_median"])
+        )
+    return result
+
+
+def _print_mode(mode: str, result: dict[str, Any]) -> None:
+    rows = []
+    for name, summary in result["contenders"].items():
+        low, high = summary["cpu_us_min_max"]
+        rows.append(
+            [
+                name,
+                f"{summary['cpu_us_per_request']:.1f}",
+                f"{low:.0f}-{high:.0f}",
+                f"{summary['cpu_ratio_vs_httpx']:.3f}x",
+                f"{summary['cpu_added_us_vs_httpx']:+.1f}",
+                f"{summary['cpu_added_us_paired_median']:+.1f}",
+                f"{summary['p50_us']:.0f}",
+                f"{summary['p99_us']:.0f}",
+                str(summary["errors"]),
+            ]
+        )
+    print(f"\n{mode}")
+    print(
+        table(
+            [
+                "contender",
+                "CPU µs/req",
+                "rounds min-max",
+                "CPU vs httpx",
+                "added µs",
+                "added (paired)",
+                "p50 µs",
+                "p99 µs",
+                "errors",
+            ],
+            rows,
+        )
+    )
+    if "noise_floor_us" in result:
+        print(f"noise floor in this run (httpx vs its control twin): {result['noise_floor_us']:.1f} µs")
+    for check, ok in result["checks"].items():
+        print(f"{verdict(ok)}  e2e {mode}: {check}")
+
+
+def _pinning() -> tuple[int | None, int | None]:
+    """CPUs for (client, server): two different ones when at least two are usable, else no pinning."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        return None, None
+    return usable[0], usable[1]
+
+
+def run(
+    *,
+    quick: bool = False,
+    rounds: int | None = None,
+    requests: int | None = None,
+    results_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the e2e benchmark, print its tables and verdicts, and write ``e2e.json``.
+
+    Args:
+        quick: Few rounds of few requests (a smoke run: the numbers are not meaningful).
+        rounds: Override the number of rounds.
+        requests: Override the requests per contender per round.
+        results_dir: Where to write the JSON (default ``bench/results/``).
+
+    Returns:
+        The results, as written to the JSON file.
+
+    Raises:
+        SystemExit: ``sniffio`` is missing (httpcore would then retry importing it on every request, adding
+            hundreds of µs and making the comparison meaningless).
+    """
+    try:
+        import sniffio  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "e2e: sniffio is not installed; httpcore is ~400 µs slower per request without it"
+        ) from None
+    base = QUICK if quick else FULL
+    settings = Settings(
+        requests=requests or base.requests,
+        rounds=rounds or base.rounds,
+        warmup=base.warmup,
+        block=min(base.block, requests or base.block),
+    )
+    client_cpu, server_cpu = _pinning()
+    previous = os.sched_getaffinity(0) if client_cpu is not None else None
+    began = time.perf_counter()
+    print(
+        f"e2e: sequential GETs to uvicorn on {HOST} (separate process), {settings.rounds} rounds x "
+        f"{settings.requests} requests per contender, taking turns every {settings.block} requests; "
+        "client CPU (process_time) and wall latency"
+    )
+    modes: dict[str, Any] = {}
+    with upstream(server_cpu) as url:
+        try:
+            if client_cpu is not None:
+                os.sched_setaffinity(0, {client_cpu})
+            modes["async"] = _summarise(_async_mode(url, settings))
+            _print_mode("httpx.AsyncClient (asyncio)", modes["async"])
+            modes["sync"] = _summarise(_sync_mode(url, settings))
+            _print_mode("httpx.Client", modes["sync"])
+        finally:
+            if previous is not None:
+                os.sched_setaffinity(0, previous)
+    payload: dict[str, Any] = {
+        "benchmark": "e2e",
+        "quick": quick,
+        "target_ratio": TARGET_RATIO,
+        "config": {
+            "requests_per_round": settings.requests,
+            "rounds": settings.rounds,
+            "warmup_requests": settings.warmup,
+            "timer": "time.process_time_ns (client process), time.perf_counter_ns per request",
+            "block_requests": settings.block,
+            "order": "contenders take turns every block of requests; the order rotates every block and round",
+            "upstream": "uvicorn (h11, asyncio) in a child process, pure ASGI 200 'ok'",
+            "contenders": {
+                "httpx": "httpx.AsyncClient() / httpx.Client()",
+                CONTROL: "a second bare client, the same as httpx: shows the noise floor",
+                "connectivity": "cx.transport(timeout=cx.Timeout(total=10.0), "
+                "retry=cx.Retry(budget=cx.RetryBudget()))",
+                "httpx-retries": "httpx_retries.RetryTransport(retry=Retry(total=2, backoff_factor=0.025, "
+                "status_forcelist=[429, 502, 503, 504]))",
+                "stamina": "@stamina.retry(on=httpx.HTTPError, attempts=3, timeout=10.0) around client.get",
+            },
+        },
+        "machine": machine_info({"pinning": {"client_cpu": client_cpu, "server_cpu": server_cpu}}),
+        "modes": modes,
+        "pass": all(mode["pass"] for mode in modes.values()),
+        "elapsed_s": round(time.perf_counter() - began, 2),
+    }
+    path = write_results("e2e", payload, results_dir)
+    print(f"results: {path}")
+    return payload
