@@ -93,7 +93,7 @@ def test_expired_deadline_sends_nothing(send: Sender) -> None:
 def test_remaining_budget_is_propagated_and_httpx_timeouts_are_clamped(send: Sender) -> None:
     clock = FakeClock()
     script = ScriptedTransport([200], clock=clock)
-    send(cx.transport(script, timeout=cx.Timeout(total=2.5), clock=clock))
+    send(cx.transport(script, timeout=cx.Timeout(total=2.5, propagate=True), clock=clock))
     seen = script.requests[0]
     assert seen.headers[DEADLINE_HEADER] == "2500"
     # httpx's default is 5 s per operation: clamped to what the deadline leaves
@@ -103,15 +103,17 @@ def test_remaining_budget_is_propagated_and_httpx_timeouts_are_clamped(send: Sen
 def test_per_try_budget_is_what_the_upstream_hears(send: Sender) -> None:
     clock = FakeClock()
     script = ScriptedTransport([200], clock=clock)
-    send(cx.transport(script, timeout=cx.Timeout(total=5.0, per_try=0.75), clock=clock))
+    send(cx.transport(script, timeout=cx.Timeout(total=5.0, per_try=0.75, propagate=True), clock=clock))
     assert script.requests[0].headers[DEADLINE_HEADER] == "750"
 
 
-def test_propagation_can_be_turned_off(send: Sender) -> None:
+def test_propagation_is_off_by_default(send: Sender) -> None:
     clock = FakeClock()
-    script = ScriptedTransport([200], clock=clock)
-    send(cx.transport(script, timeout=cx.Timeout(total=5.0, propagate=False), clock=clock))
+    script = ScriptedTransport([200, 200], clock=clock)
+    send(cx.transport(script, timeout=cx.Timeout(total=5.0), clock=clock))
+    send(TimeoutTransport(script, 3.0, clock=clock))
     assert DEADLINE_HEADER not in script.requests[0].headers
+    assert DEADLINE_HEADER not in script.requests[1].headers
 
 
 def test_per_request_timeout_override(send: Sender) -> None:
@@ -134,8 +136,8 @@ def test_per_try_override_has_its_own_key(send: Sender) -> None:
     assert clock.now() == 1.0
 
 
-def test_hand_composed_timeout_layer_propagates_by_default(send: Sender) -> None:
+def test_hand_composed_timeout_layer_propagates_when_asked(send: Sender) -> None:
     clock = FakeClock()
     script = ScriptedTransport([200], clock=clock)
-    send(TimeoutTransport(script, 3.0, clock=clock))
+    send(TimeoutTransport(script, 3.0, propagate=True, clock=clock))
     assert script.requests[0].headers[DEADLINE_HEADER] == "3000"

@@ -32,19 +32,25 @@ def bounded(timeout: float | None) -> float | None:
 
 
 class _Stream(httpcore.NetworkStream):
-    __slots__ = ("_stream",)
-
+    # read and write are on every request's path: they test the context variable inline instead of calling
+    # bounded(), and the calls that need no deadline are the wrapped stream's own bound methods.
     def __init__(self, stream: httpcore.NetworkStream) -> None:
         self._stream = stream
+        self._read = stream.read
+        self._write = stream.write
+        self.close = stream.close  # type: ignore[method-assign]
+        self.get_extra_info = stream.get_extra_info  # type: ignore[method-assign]
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, bounded(timeout))
+        if _current.get() is None:
+            return self._read(max_bytes, timeout)
+        return self._read(max_bytes, bounded(timeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, bounded(timeout))
-
-    def close(self) -> None:
-        self._stream.close()
+        if _current.get() is None:
+            self._write(buffer, timeout)
+        else:
+            self._write(buffer, bounded(timeout))
 
     def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
@@ -81,16 +87,24 @@ class DeadlineAwareBackend(httpcore.NetworkBackend):
 
 
 class _AsyncStream(httpcore.AsyncNetworkStream):
-    __slots__ = ("_stream",)
-
+    # As _Stream; async methods cannot be replaced by bound methods of the wrapped stream without changing what
+    # they return, so read and write keep one extra frame.
     def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
         self._stream = stream
+        self._read = stream.read
+        self._write = stream.write
+        self.get_extra_info = stream.get_extra_info  # type: ignore[method-assign]
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max_bytes, bounded(timeout))
+        if _current.get() is None:
+            return await self._read(max_bytes, timeout)
+        return await self._read(max_bytes, bounded(timeout))
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, bounded(timeout))
+        if _current.get() is None:
+            await self._write(buffer, timeout)
+        else:
+            await self._write(buffer, bounded(timeout))
 
     async def aclose(self) -> None:
         await self._stream.aclose()

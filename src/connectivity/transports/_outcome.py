@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import httpx
 
 from connectivity.errors import DeadlineExceededError, PerTryTimeoutError
 from connectivity.policies.retry import CONNECT_FAILURE, PER_TRY_TIMEOUT, READ_TIMEOUT, RESET
 
-__all__ = ["EXTENSION", "CallRecord", "failure_kind", "record_of"]
+__all__ = [
+    "DRAIN_LIMIT",
+    "EXTENSION",
+    "FIRST_TRY",
+    "CallRecord",
+    "adiscard",
+    "discard",
+    "failure_kind",
+    "record_of",
+    "set_record",
+]
 
 EXTENSION = "connectivity"
 """Key of the :class:`CallRecord` in ``response.extensions``."""
@@ -32,8 +44,11 @@ def failure_kind(exc: BaseException) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     """What the connectivity layers did for one call, found in ``response.extensions["connectivity"]``.
+
+    Immutable: a layer that has something to add stores a new record (the success path shares one).
 
     Attributes:
         attempts: Attempts made by the retry layer (1 when the first succeeded).
@@ -46,26 +61,62 @@ class CallRecord:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("attempts", "gave_up", "hedges", "reasons", "waits", "winner")
+    attempts: int = 1
+    reasons: tuple[str, ...] = ()
+    waits: tuple[float, ...] = ()
+    gave_up: str | None = None
+    hedges: int = 0
+    winner: int = 0
 
-    def __init__(self) -> None:
-        self.attempts = 1
-        self.reasons: tuple[str, ...] = ()
-        self.waits: tuple[float, ...] = ()
-        self.gave_up: str | None = None
-        self.hedges = 0
-        self.winner = 0
 
-    def __repr__(self) -> str:
-        return (
-            f"CallRecord(attempts={self.attempts}, reasons={self.reasons!r}, waits={self.waits!r}, "
-            f"gave_up={self.gave_up!r}, hedges={self.hedges}, winner={self.winner})"
-        )
+FIRST_TRY = CallRecord()
+"""The record of a call whose first attempt succeeded, shared by all such calls."""
+
+
+DRAIN_LIMIT = 64 * 1024
+"""Bytes of a discarded response body read before closing it, so its keep-alive connection can be reused."""
+
+
+def discard(response: httpx.Response) -> None:
+    """Close a response nobody will read; a small body is read first so the connection goes back to the pool."""
+    if response.is_stream_consumed:
+        response.close()
+        return
+    try:
+        drained = 0
+        for chunk in response.iter_raw():
+            drained += len(chunk)
+            if drained > DRAIN_LIMIT:
+                break
+    except (httpx.HTTPError, httpx.StreamError):
+        pass  # the connection is dropped instead of reused: nothing else to do
+    finally:
+        response.close()
+
+
+async def adiscard(response: httpx.Response) -> None:
+    """Async :func:`discard`."""
+    if response.is_stream_consumed:
+        await response.aclose()
+        return
+    try:
+        drained = 0
+        async for chunk in response.aiter_raw():
+            drained += len(chunk)
+            if drained > DRAIN_LIMIT:
+                break
+    except (httpx.HTTPError, httpx.StreamError):
+        pass
+    finally:
+        await response.aclose()
 
 
 def record_of(response: httpx.Response) -> CallRecord:
-    """The response's :class:`CallRecord`, created on first use."""
+    """The response's :class:`CallRecord` (:data:`FIRST_TRY` when no layer recorded anything)."""
     record: CallRecord | None = response.extensions.get(EXTENSION)
-    if record is None:
-        record = response.extensions[EXTENSION] = CallRecord()
-    return record
+    return FIRST_TRY if record is None else record
+
+
+def set_record(response: httpx.Response, **changes: object) -> None:
+    """Store a copy of the response's record with ``changes`` applied."""
+    response.extensions[EXTENSION] = replace(record_of(response), **changes)  # type: ignore[arg-type]

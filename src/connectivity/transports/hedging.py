@@ -25,7 +25,7 @@ from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.hedge import Hedge
 from connectivity.policies.retry import Retry
 from connectivity.transports._base import Inner, Layer
-from connectivity.transports._outcome import failure_kind, record_of
+from connectivity.transports._outcome import DRAIN_LIMIT, adiscard, discard, failure_kind, set_record
 from connectivity.transports.retry import ATTEMPT_HEADER
 
 __all__ = ["HedgingTransport"]
@@ -109,9 +109,7 @@ class HedgingTransport(Layer):
     def _result(outcome: Outcome, index: int, started: int) -> httpx.Response:
         if isinstance(outcome, Exception):
             raise outcome
-        record = record_of(outcome)
-        record.hedges = started - 1
-        record.winner = index
+        set_record(outcome, hedges=started - 1, winner=index)
         return outcome
 
     # -- async ----------------------------------------------------------------------------------------------
@@ -133,38 +131,56 @@ class HedgingTransport(Layer):
                 outcome = exc
             send.send_nowait((index, outcome))
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(run, 0, request)
-            started = 1
-            while finished < started:
-                if more and started <= hedge.max_extra:
-                    with self._clock.timeout_scope(hedge.delay) as timer:
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(run, 0, request)
+                started = 1
+                while finished < started:
+                    if more and started <= hedge.max_extra:
+                        with self._clock.timeout_scope(hedge.delay) as timer:
+                            index, outcome = await receive.receive()
+                        if timer.cancelled_caught:
+                            if hedge.allow_extra(started):
+                                group.start_soon(run, started, self._attempt(request, started))
+                                started += 1
+                            else:
+                                more = False
+                            continue
+                    else:
                         index, outcome = await receive.receive()
-                    if timer.cancelled_caught:
-                        if hedge.allow_extra(started):
-                            group.start_soon(run, started, self._attempt(request, started))
-                            started += 1
-                        else:
-                            more = False
-                        continue
-                else:
-                    index, outcome = await receive.receive()
-                finished += 1
-                if chosen is not None:
-                    await _aclose(chosen[1])
-                chosen = (index, outcome)
-                if self._acceptable(outcome):
-                    group.cancel_scope.cancel()
-                    break
-                if more and started <= hedge.max_extra and hedge.allow_extra(started):
-                    group.start_soon(run, started, self._attempt(request, started))
-                    started += 1
-        send.close()
-        async with receive:
-            async for _, late in receive:
-                await _aclose(late)
-        assert chosen is not None
-        return self._result(chosen[1], chosen[0], started)
+                    finished += 1
+                    if chosen is not None:
+                        await _aclose(chosen[1])
+                    chosen = (index, outcome)
+                    if self._acceptable(outcome):
+                        group.cancel_scope.cancel()
+                        break
+                    if isinstance(outcome, httpx.Response) and _small(outcome):
+                        # Kept in case every attempt fails; read now so its connection serves the next attempt.
+                        try:
+                            await outcome.aread()
+                        except httpx.HTTPError as exc:
+                            chosen = (index, exc)
+                    if more and started <= hedge.max_extra and hedge.allow_extra(started):
+                        group.start_soon(run, started, self._attempt(request, started))
+                        started += 1
+            assert chosen is not None
+            result = self._result(chosen[1], chosen[0], started)
+            chosen = None  # handed over: not ours to close any more
+            return result
+        finally:
+            # However we leave (answer, error, cancellation), close what arrived too late, what we held, and the
+            # channel itself.
+            send.close()
+            with receive:
+                while True:
+                    try:
+                        _, late = receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    await _aclose_shielded(late)
+            if chosen is not None:
+                await _aclose_shielded(chosen[1])
 
     # -- sync -----------------------------------------------------------------------------------------------
 
@@ -211,6 +227,11 @@ class HedgingTransport(Layer):
                     for loser in pending:
                         loser.add_done_callback(_close_future)
                     return self._result(outcome, futures[future], started)
+                if isinstance(outcome, httpx.Response) and _small(outcome):
+                    try:
+                        outcome.read()
+                    except httpx.HTTPError as exc:
+                        chosen = (futures[future], exc)
             if more and started <= hedge.max_extra and hedge.allow_extra(started):
                 future = pool.submit(context.copy().run, inner.handle_request, self._attempt(request, started))
                 futures[future] = started
@@ -233,16 +254,26 @@ def _as_exception(error: BaseException) -> Exception:
     raise error
 
 
+def _small(response: httpx.Response) -> bool:
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) <= DRAIN_LIMIT
+
+
 def _close(outcome: Outcome) -> None:
     if isinstance(outcome, httpx.Response):
-        outcome.close()
+        discard(outcome)
+
+
+async def _aclose_shielded(outcome: Outcome) -> None:
+    with anyio.CancelScope(shield=True):
+        await _aclose(outcome)
 
 
 async def _aclose(outcome: Outcome) -> None:
     if isinstance(outcome, httpx.Response):
-        await outcome.aclose()
+        await adiscard(outcome)
 
 
 def _close_future(future: Future[httpx.Response]) -> None:
     if future.exception() is None:
-        future.result().close()
+        discard(future.result())

@@ -23,7 +23,7 @@ from connectivity.policies.deadline import _current
 from connectivity.policies.retry import CONNECT_FAILURE, Retry, RetryDecision, RetryState
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports._body import is_replayable, make_replayable
-from connectivity.transports._outcome import failure_kind, record_of
+from connectivity.transports._outcome import EXTENSION, FIRST_TRY, adiscard, discard, failure_kind, set_record
 from connectivity.transports.timeout import TimeoutTransport, clamp_timeouts
 
 __all__ = ["ATTEMPT_HEADER", "RetryTransport"]
@@ -116,12 +116,17 @@ class RetryTransport(Layer):
 
     @staticmethod
     def _finish(response: httpx.Response, state: RetryState | None, gave_up: str | None) -> httpx.Response:
-        record = record_of(response)
-        if state is not None:
-            record.attempts = state.attempts
-            record.reasons = tuple(state.reasons)
-            record.waits = tuple(state.waits)
-            record.gave_up = gave_up
+        if state is None:
+            if EXTENSION not in response.extensions:
+                response.extensions[EXTENSION] = FIRST_TRY
+        else:
+            set_record(
+                response,
+                attempts=state.attempts,
+                reasons=tuple(state.reasons),
+                waits=tuple(state.waits),
+                gave_up=gave_up,
+            )
         return response
 
     @staticmethod
@@ -176,7 +181,7 @@ class RetryTransport(Layer):
             decision = self._decide(policy, state, request, reason, sent=True, retry_after=retry_after)
             if not decision.retry:
                 return self._finish(response, state, decision.give_up)
-            response.close()
+            discard(response)
             self._clock.sleep(decision.delay)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -212,5 +217,5 @@ class RetryTransport(Layer):
             decision = self._decide(policy, state, request, reason, sent=True, retry_after=retry_after)
             if not decision.retry:
                 return self._finish(response, state, decision.give_up)
-            await response.aclose()
+            await adiscard(response)
             await self._clock.asleep(decision.delay)

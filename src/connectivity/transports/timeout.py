@@ -37,11 +37,22 @@ __all__ = ["TimeoutTransport", "clamp_timeouts", "deadline_aware"]
 _HTTPX_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 
 
-def clamp_timeouts(request: httpx.Request, left: float) -> object:
-    """Lower httpx's per-operation timeouts to ``left`` seconds; returns the previous value to restore."""
+_UNCHANGED = object()
+
+
+def clamp_timeouts(request: httpx.Request, left: float, *, pool_only: bool = False) -> object:
+    """Lower httpx's per-operation timeouts to ``left`` seconds; returns what to hand to :func:`_restore`.
+
+    With ``pool_only``, only the pool timeout is lowered, and nothing is copied when it is already short enough.
+    """
     extensions = request.extensions
     original = extensions.get("timeout")
-    if original:
+    if pool_only and original:
+        pool = original.get("pool")
+        if pool is not None and pool <= left:
+            return _UNCHANGED
+        extensions["timeout"] = {**original, "pool": left}
+    elif original:
         extensions["timeout"] = {
             key: left if (value := original.get(key)) is None or value > left else value
             for key in _HTTPX_TIMEOUT_KEYS
@@ -66,6 +77,8 @@ def _spent(budget: _Budget) -> bool:
 
 
 def _restore(request: httpx.Request, original: object) -> None:
+    if original is _UNCHANGED:
+        return
     if original is None:
         request.extensions.pop("timeout", None)
     else:
@@ -114,7 +127,7 @@ class TimeoutTransport(Layer):
         timeout: float | Timeout | None = None,
         *,
         per_try: bool = False,
-        propagate: bool = True,
+        propagate: bool = False,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(inner)
@@ -154,7 +167,9 @@ class TimeoutTransport(Layer):
             deadline = Deadline(clock.now() + own, clock)
             budget = _Budget(own, deadline, self._per_try, own)
             token = _current.set(deadline)
-        original = clamp_timeouts(request, left)
+        # Over a deadline-aware transport connect, read and write are bounded at the socket already; only the wait
+        # for a pooled connection still needs clamping, and only when it could outlast the deadline.
+        original = clamp_timeouts(request, left, pool_only=self._at_socket)
         if self._propagate:
             request.headers[DEADLINE_HEADER] = str(int(left * 1000))
         return budget, original, token
@@ -185,7 +200,8 @@ class TimeoutTransport(Layer):
         finally:
             if token is not None:
                 _current.reset(token)
-            _restore(request, original)
+            if original is not _UNCHANGED:
+                _restore(request, original)
         if budget.deadline.expired:
             # A blocking call cannot be interrupted; an inner transport that ignored the clamped timeouts
             # overran: do not hand out a late answer as if it were in time.
@@ -216,7 +232,8 @@ class TimeoutTransport(Layer):
         finally:
             if token is not None:
                 _current.reset(token)
-            _restore(request, original)
+            if original is not _UNCHANGED:
+                _restore(request, original)
         if not self._per_try:
             response.stream = _BodyUnderDeadline(response.stream, self, request, budget)
         return response
