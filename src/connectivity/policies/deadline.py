@@ -48,31 +48,35 @@ class Deadline:
     Attributes:
         expires_at: Clock time (``clock.now()``) at which the budget is spent.
         clock: The clock the expiry refers to.
+        parent: For the limit of a single attempt (a per-try timeout), the deadline of the whole call it narrows,
+            if any. The response body, read after the attempt is over, is bounded by the parent only.
 
     .. versionadded:: 0.1
     """
 
     # A plain slotted class rather than a frozen dataclass: one is created per request on the hot path, and a
     # frozen dataclass's __init__ costs several times more.
-    __slots__ = ("clock", "expires_at")
+    __slots__ = ("clock", "expires_at", "parent")
 
     expires_at: float
     clock: Clock
+    parent: Deadline | None
 
-    def __init__(self, expires_at: float, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, expires_at: float, clock: Clock = SYSTEM_CLOCK, parent: Deadline | None = None) -> None:
         self.expires_at = expires_at
         self.clock = clock
+        self.parent = parent
 
     def __repr__(self) -> str:
-        return f"Deadline(expires_at={self.expires_at!r}, clock={self.clock!r})"
+        return f"Deadline(expires_at={self.expires_at!r}, clock={self.clock!r}, parent={self.parent!r})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Deadline):
             return NotImplemented
-        return self.expires_at == other.expires_at and self.clock is other.clock
+        return self.expires_at == other.expires_at and self.clock is other.clock and self.parent == other.parent
 
     def __hash__(self) -> int:
-        return hash((self.expires_at, id(self.clock)))
+        return hash((self.expires_at, id(self.clock), self.parent))
 
     @classmethod
     def after(cls, seconds: float, clock: Clock = SYSTEM_CLOCK) -> Deadline:

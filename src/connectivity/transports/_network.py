@@ -2,10 +2,17 @@
 
 Theory of operation: httpcore bounds every network operation (connect, TLS handshake, each read and write) by a
 timeout of its own, implemented with a cancel scope it creates anyway. These wrappers lower each of those timeouts
-to what is left of the ambient deadline (:func:`connectivity.current_deadline`) at the moment the operation
-starts. The deadline is then enforced at the socket, exactly, without a cancel scope of ours per request: a
-response that trickles in over many reads still stops at the deadline. Outside a deadline they add one context
-variable lookup per operation.
+to what is left of the deadline at the moment the operation starts. The deadline is then enforced at the socket,
+exactly, without a cancel scope of ours per request: a response that trickles in over many reads still stops at
+the deadline.
+
+Which deadline: while a request is being sent and its response head received, the ambient one
+(:func:`connectivity.current_deadline`). The response body is read later, after the transports have returned and
+the ambient deadline is gone; so an HTTP/1.1 connection remembers, when a request is written on it, the deadline
+of the *call* (for a per-try limit, the call's deadline it narrows) and bounds the body's reads by it. A read cut
+short by that deadline raises :class:`~connectivity.DeadlineExceededError`. HTTP/1.1 carries one request at a time,
+so the remembered deadline is always the current request's; an HTTP/2 connection multiplexes requests and
+remembers nothing (its body reads are bounded by httpx's read timeout only).
 """
 
 from __future__ import annotations
@@ -15,57 +22,92 @@ from typing import Any
 
 import httpcore
 
-from connectivity.policies.deadline import _current
+from connectivity.errors import DeadlineExceededError
+from connectivity.policies.deadline import Deadline, _current
 
 __all__ = ["DeadlineAwareAsyncBackend", "DeadlineAwareBackend", "bounded"]
 
 
-def bounded(timeout: float | None) -> float | None:
-    """``timeout`` lowered to the time left before the ambient deadline (never below 0)."""
-    deadline = _current.get()
+def bounded(timeout: float | None, deadline: Deadline | None = None) -> float | None:
+    """``timeout`` lowered to the time left before ``deadline`` (default: the ambient one), never below 0."""
     if deadline is None:
-        return timeout
-    left = deadline.remaining()
+        deadline = _current.get()
+        if deadline is None:
+            return timeout
+    left = deadline.expires_at - deadline.clock.now()
     if left < 0:
         left = 0.0
     return left if timeout is None or timeout > left else timeout
 
 
+def _multiplexed(stream: Any) -> bool:
+    ssl_object = stream.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+
+
+def _expired(error: Exception, deadline: Deadline | None) -> Exception:
+    """The error to raise for a read that timed out: a deadline error if the remembered deadline is spent."""
+    if deadline is not None and deadline.expires_at - deadline.clock.now() <= 1e-3:
+        exc = DeadlineExceededError("deadline exceeded while reading the response")
+        exc.__cause__ = error
+        return exc
+    return error
+
+
 class _Stream(httpcore.NetworkStream):
-    # read and write are on every request's path: they test the context variable inline instead of calling
-    # bounded(), and the calls that need no deadline are the wrapped stream's own bound methods.
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
+    # read and write run several times per request: no helper calls on the common path, and the calls that need
+    # no deadline are the wrapped stream's own bound methods.
+    def __init__(self, stream: httpcore.NetworkStream, *, remember: bool = True) -> None:
         self._stream = stream
         self._read = stream.read
         self._write = stream.write
+        self._remember = remember
+        self._call: Deadline | None = None  # the deadline of the request last written (HTTP/1.1 only)
         self.close = stream.close  # type: ignore[method-assign]
         self.get_extra_info = stream.get_extra_info  # type: ignore[method-assign]
 
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if _current.get() is None:
-            return self._read(max_bytes, timeout)
-        return self._read(max_bytes, bounded(timeout))
-
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if _current.get() is None:
+        current = _current.get()
+        if self._remember:
+            self._call = current if current is None or current.parent is None else current.parent
+        if current is None:
             self._write(buffer, timeout)
         else:
-            self._write(buffer, bounded(timeout))
+            self._write(buffer, bounded(timeout, current))
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        # The tighter of the ambient deadline (while the request is on its way) and the call's (for the body).
+        deadline = self._call
+        current = _current.get()
+        if current is not None and (deadline is None or current.expires_at < deadline.expires_at):
+            deadline = current
+        if deadline is None:
+            return self._read(max_bytes, timeout)
+        try:
+            return self._read(max_bytes, bounded(timeout, deadline))
+        except httpcore.ReadTimeout as error:
+            if deadline is current:
+                raise  # the transport that set the deadline reports it (per-try or total)
+            raise _expired(error, deadline) from error
 
     def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> _Stream:
-        return _Stream(self._stream.start_tls(ssl_context, server_hostname, bounded(timeout)))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
+        stream = self._stream.start_tls(ssl_context, server_hostname, bounded(timeout))
+        return _Stream(stream, remember=not _multiplexed(stream))
 
 
 class DeadlineAwareBackend(httpcore.NetworkBackend):
-    """Wraps a sync httpcore network backend so every operation respects the ambient deadline."""
+    """Wraps a sync httpcore network backend so every operation respects the deadline.
 
-    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+    Args:
+        backend: httpcore's backend.
+        multiplexed: Plain-TCP connections carry HTTP/2 (prior knowledge): remember no per-request deadline.
+    """
+
+    def __init__(self, backend: httpcore.NetworkBackend, *, multiplexed: bool = False) -> None:
         self._backend = backend
+        self._remember = not multiplexed
 
     def connect_tcp(
         self,
@@ -75,36 +117,53 @@ class DeadlineAwareBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        return _Stream(self._backend.connect_tcp(host, port, bounded(timeout), local_address, socket_options))
+        stream = self._backend.connect_tcp(host, port, bounded(timeout), local_address, socket_options)
+        return _Stream(stream, remember=self._remember)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
-        return _Stream(self._backend.connect_unix_socket(path, bounded(timeout), socket_options))
+        stream = self._backend.connect_unix_socket(path, bounded(timeout), socket_options)
+        return _Stream(stream, remember=self._remember)
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
 
 
 class _AsyncStream(httpcore.AsyncNetworkStream):
-    # As _Stream; async methods cannot be replaced by bound methods of the wrapped stream without changing what
-    # they return, so read and write keep one extra frame.
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+    # As _Stream; an async method cannot be replaced by the wrapped stream's bound method without changing what
+    # it returns, so aclose, read and write keep one extra frame.
+    def __init__(self, stream: httpcore.AsyncNetworkStream, *, remember: bool = True) -> None:
         self._stream = stream
         self._read = stream.read
         self._write = stream.write
+        self._remember = remember
+        self._call: Deadline | None = None
         self.get_extra_info = stream.get_extra_info  # type: ignore[method-assign]
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if _current.get() is None:
-            return await self._read(max_bytes, timeout)
-        return await self._read(max_bytes, bounded(timeout))
-
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if _current.get() is None:
+        current = _current.get()
+        if self._remember:
+            self._call = current if current is None or current.parent is None else current.parent
+        if current is None:
             await self._write(buffer, timeout)
         else:
-            await self._write(buffer, bounded(timeout))
+            await self._write(buffer, bounded(timeout, current))
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        # The tighter of the ambient deadline (while the request is on its way) and the call's (for the body).
+        deadline = self._call
+        current = _current.get()
+        if current is not None and (deadline is None or current.expires_at < deadline.expires_at):
+            deadline = current
+        if deadline is None:
+            return await self._read(max_bytes, timeout)
+        try:
+            return await self._read(max_bytes, bounded(timeout, deadline))
+        except httpcore.ReadTimeout as error:
+            if deadline is current:
+                raise  # the transport that set the deadline reports it (per-try or total)
+            raise _expired(error, deadline) from error
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -112,17 +171,16 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
     async def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> _AsyncStream:
-        return _AsyncStream(await self._stream.start_tls(ssl_context, server_hostname, bounded(timeout)))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
+        stream = await self._stream.start_tls(ssl_context, server_hostname, bounded(timeout))
+        return _AsyncStream(stream, remember=not _multiplexed(stream))
 
 
 class DeadlineAwareAsyncBackend(httpcore.AsyncNetworkBackend):
-    """Wraps an async httpcore network backend so every operation respects the ambient deadline."""
+    """Wraps an async httpcore network backend so every operation respects the deadline (see the sync one)."""
 
-    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+    def __init__(self, backend: httpcore.AsyncNetworkBackend, *, multiplexed: bool = False) -> None:
         self._backend = backend
+        self._remember = not multiplexed
 
     async def connect_tcp(
         self,
@@ -133,12 +191,13 @@ class DeadlineAwareAsyncBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         stream = await self._backend.connect_tcp(host, port, bounded(timeout), local_address, socket_options)
-        return _AsyncStream(stream)
+        return _AsyncStream(stream, remember=self._remember)
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.AsyncNetworkStream:
-        return _AsyncStream(await self._backend.connect_unix_socket(path, bounded(timeout), socket_options))
+        stream = await self._backend.connect_unix_socket(path, bounded(timeout), socket_options)
+        return _AsyncStream(stream, remember=self._remember)
 
     async def sleep(self, seconds: float) -> None:
         await self._backend.sleep(seconds)

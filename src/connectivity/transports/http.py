@@ -29,6 +29,8 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
 
     def __init__(self, **kwargs: Any) -> None:
         self._kwargs = kwargs
+        # HTTP/2 over plain TCP (prior knowledge) multiplexes requests on one connection.
+        self._h2c = bool(kwargs.get("http2")) and not kwargs.get("http1", True)
         self._sync: httpx.HTTPTransport | None = None
         self._async: httpx.AsyncHTTPTransport | None = None
         self._lock = threading.Lock()
@@ -46,7 +48,7 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                 if self._sync is None:
                     sync = httpx.HTTPTransport(**self._kwargs)
                     pool = sync._pool
-                    pool._network_backend = DeadlineAwareBackend(pool._network_backend)
+                    pool._network_backend = DeadlineAwareBackend(pool._network_backend, multiplexed=self._h2c)
                     self._sync = sync
         return self._sync
 
@@ -58,7 +60,7 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                 if self._async is None:
                     transport = httpx.AsyncHTTPTransport(**self._kwargs)
                     pool = transport._pool
-                    pool._network_backend = DeadlineAwareAsyncBackend(pool._network_backend)
+                    pool._network_backend = DeadlineAwareAsyncBackend(pool._network_backend, multiplexed=self._h2c)
                     self._async = transport
         return self._async
 

@@ -20,7 +20,6 @@ layer outside may try again); when the total deadline ran out it raises
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from contextvars import Token
 
 import httpx
@@ -113,8 +112,9 @@ class TimeoutTransport(Layer):
     ``request.extensions["connectivity.timeout"]`` for a total layer and ``["connectivity.per_try_timeout"]`` for
     a per-try layer.
 
-    A total limit also covers reading the response body: over a deadline-aware network transport each read of
-    the body is bounded by what is left, and running out raises ``DeadlineExceededError`` from the read.
+    A total limit also covers reading the response body over a deadline-aware network transport (the connection
+    bounds each read of the body by what is left, and running out raises ``DeadlineExceededError``); over any
+    other transport it covers the call until the response head arrives.
 
     .. versionadded:: 0.1
     """
@@ -164,7 +164,8 @@ class TimeoutTransport(Layer):
         else:
             left = own
             clock = self._clock
-            deadline = Deadline(clock.now() + own, clock)
+            # A per-try limit narrows the call's deadline (if any): the body, read later, is bounded by that one.
+            deadline = Deadline(clock.now() + own, clock, _current.get() if self._per_try else None)
             budget = _Budget(own, deadline, self._per_try, own)
             token = _current.set(deadline)
         # Over a deadline-aware transport connect, read and write are bounded at the socket already; only the wait
@@ -207,8 +208,6 @@ class TimeoutTransport(Layer):
             # overran: do not hand out a late answer as if it were in time.
             response.close()
             raise self._error(request, budget)
-        if not self._per_try:
-            response.stream = _BodyUnderDeadline(response.stream, self, request, budget)
         return response
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -234,74 +233,4 @@ class TimeoutTransport(Layer):
                 _current.reset(token)
             if original is not _UNCHANGED:
                 _restore(request, original)
-        if not self._per_try:
-            response.stream = _BodyUnderDeadline(response.stream, self, request, budget)
         return response
-
-
-class _BodyUnderDeadline(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """A response body read under the call's deadline: each read sees it as the ambient deadline (so the network
-    layer bounds it), and a read cut short by it raises ``DeadlineExceededError``."""
-
-    __slots__ = ("_budget", "_layer", "_request", "_stream")
-
-    def __init__(
-        self,
-        stream: httpx.SyncByteStream | httpx.AsyncByteStream,
-        layer: TimeoutTransport,
-        request: httpx.Request,
-        budget: _Budget,
-    ) -> None:
-        self._stream = stream
-        self._layer = layer
-        self._request = request
-        self._budget = budget
-
-    def _timed_out(self, exc: httpx.TimeoutException) -> httpx.TimeoutException | None:
-        if isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) or not _spent(self._budget):
-            return None
-        return self._layer._error(self._request, self._budget)
-
-    def __iter__(self) -> Iterator[bytes]:
-        assert isinstance(self._stream, httpx.SyncByteStream)
-        chunks = iter(self._stream)
-        deadline = self._budget.deadline
-        while True:
-            token = _current.set(deadline)
-            try:
-                chunk = next(chunks)
-            except StopIteration:
-                return
-            except httpx.TimeoutException as exc:
-                if (error := self._timed_out(exc)) is not None:
-                    raise error from exc
-                raise
-            finally:
-                _current.reset(token)
-            yield chunk
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        assert isinstance(self._stream, httpx.AsyncByteStream)
-        chunks = self._stream.__aiter__()
-        deadline = self._budget.deadline
-        while True:
-            token = _current.set(deadline)
-            try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-            except httpx.TimeoutException as exc:
-                if (error := self._timed_out(exc)) is not None:
-                    raise error from exc
-                raise
-            finally:
-                _current.reset(token)
-            yield chunk
-
-    def close(self) -> None:
-        if isinstance(self._stream, httpx.SyncByteStream):
-            self._stream.close()
-
-    async def aclose(self) -> None:
-        if isinstance(self._stream, httpx.AsyncByteStream):
-            await self._stream.aclose()
