@@ -52,9 +52,11 @@ class RetryBudget:
     def deposit(self) -> None:
         """Record one logical request (call once per request, not per attempt)."""
         state = self._state
+        index = int(self.clock.now() // state.width)
         with state.lock:
-            state.rotate(self.clock.now())
-            state.requests[state.index % _SLOTS] += 1
+            if index != state.index:
+                state.rotate_to(index)
+            state.requests[index % _SLOTS] += 1
             state.request_total += 1
 
     def try_withdraw(self) -> bool:
@@ -94,8 +96,10 @@ class _BudgetState:
 
     def rotate(self, now: float) -> None:
         index = int(now // self.width)
-        if index == self.index:
-            return
+        if index != self.index:
+            self.rotate_to(index)
+
+    def rotate_to(self, index: int) -> None:
         if index - self.index >= _SLOTS or index < self.index:
             self.requests = [0] * _SLOTS
             self.retries = [0] * _SLOTS

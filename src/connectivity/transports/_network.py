@@ -67,6 +67,8 @@ class _Stream(httpcore.NetworkStream):
         self.get_extra_info = stream.get_extra_info  # type: ignore[method-assign]
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return  # h11 hands over b"" for an empty end of message: nothing to send, nothing to bound
         current = _current.get()
         if self._remember:
             self._call = current if current is None or current.parent is None else current.parent
@@ -142,6 +144,8 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
         self.get_extra_info = stream.get_extra_info  # type: ignore[method-assign]
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
         current = _current.get()
         if self._remember:
             self._call = current if current is None or current.parent is None else current.parent

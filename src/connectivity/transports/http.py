@@ -50,6 +50,8 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     pool = sync._pool
                     pool._network_backend = DeadlineAwareBackend(pool._network_backend, multiplexed=self._h2c)
                     self._sync = sync
+                    # From now on a call goes straight to httpx's transport, with no frame of ours in between.
+                    self.handle_request = sync.handle_request  # type: ignore[method-assign]
         return self._sync
 
     @property
@@ -62,13 +64,14 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     pool = transport._pool
                     pool._network_backend = DeadlineAwareAsyncBackend(pool._network_backend, multiplexed=self._h2c)
                     self._async = transport
+                    self.handle_async_request = transport.handle_async_request  # type: ignore[method-assign]
         return self._async
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return (self._sync or self.sync).handle_request(request)
+        return self.sync.handle_request(request)  # first call only: `sync` rebinds this method
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await (self._async or self.asynchronous).handle_async_request(request)
+        return await self.asynchronous.handle_async_request(request)  # first call only, as above
 
     def close(self) -> None:
         if self._sync is not None:

@@ -77,7 +77,7 @@ class RetryTransport(Layer):
         policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
         if policy.budget is not None:
             policy.budget.deposit()
-        if policy.attempts > 1:
+        if policy.attempts > 1 and type(request.stream) is not httpx.ByteStream:
             make_replayable(request, policy.max_replay_bytes)
         return policy
 
