@@ -48,35 +48,50 @@ class Deadline:
     Attributes:
         expires_at: Clock time (``clock.now()``) at which the budget is spent.
         clock: The clock the expiry refers to.
-        parent: For the limit of a single attempt (a per-try timeout), the deadline of the whole call it narrows,
-            if any. The response body, read after the attempt is over, is bounded by the parent only.
+        attempt_only: This is the limit of a single attempt (a per-try timeout), not of the call. The response
+            body, read after the attempt is over, is bounded by ``parent`` only.
+        parent: For an ``attempt_only`` limit, the deadline of the whole call it narrows, if any.
 
     .. versionadded:: 0.1
     """
 
     # A plain slotted class rather than a frozen dataclass: one is created per request on the hot path, and a
     # frozen dataclass's __init__ costs several times more.
-    __slots__ = ("clock", "expires_at", "parent")
+    __slots__ = ("attempt_only", "clock", "expires_at", "parent")
 
     expires_at: float
     clock: Clock
+    attempt_only: bool
     parent: Deadline | None
 
-    def __init__(self, expires_at: float, clock: Clock = SYSTEM_CLOCK, parent: Deadline | None = None) -> None:
+    def __init__(
+        self,
+        expires_at: float,
+        clock: Clock = SYSTEM_CLOCK,
+        attempt_only: bool = False,
+        parent: Deadline | None = None,
+    ) -> None:
         self.expires_at = expires_at
         self.clock = clock
+        self.attempt_only = attempt_only
         self.parent = parent
 
     def __repr__(self) -> str:
-        return f"Deadline(expires_at={self.expires_at!r}, clock={self.clock!r}, parent={self.parent!r})"
+        extra = f", attempt_only=True, parent={self.parent!r}" if self.attempt_only else ""
+        return f"Deadline(expires_at={self.expires_at!r}, clock={self.clock!r}{extra})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Deadline):
             return NotImplemented
-        return self.expires_at == other.expires_at and self.clock is other.clock and self.parent == other.parent
+        return (
+            self.expires_at == other.expires_at
+            and self.clock is other.clock
+            and self.attempt_only == other.attempt_only
+            and self.parent == other.parent
+        )
 
     def __hash__(self) -> int:
-        return hash((self.expires_at, id(self.clock), self.parent))
+        return hash((self.expires_at, id(self.clock), self.attempt_only, self.parent))
 
     @classmethod
     def after(cls, seconds: float, clock: Clock = SYSTEM_CLOCK) -> Deadline:

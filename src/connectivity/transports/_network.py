@@ -71,11 +71,12 @@ class _Stream(httpcore.NetworkStream):
             return  # h11 hands over b"" for an empty end of message: nothing to send, nothing to bound
         current = _current.get()
         if self._remember:
-            self._call = current if current is None or current.parent is None else current.parent
+            self._call = current.parent if current is not None and current.attempt_only else current
         if current is None:
             self._write(buffer, timeout)
-        else:
-            self._write(buffer, bounded(timeout, current))
+            return
+        left = current.expires_at - current.clock.now()
+        self._write(buffer, 0.0 if left < 0 else left if timeout is None or timeout > left else timeout)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         # The tighter of the ambient deadline (while the request is on its way) and the call's (for the body).
@@ -85,8 +86,11 @@ class _Stream(httpcore.NetworkStream):
             deadline = current
         if deadline is None:
             return self._read(max_bytes, timeout)
+        left = deadline.expires_at - deadline.clock.now()
         try:
-            return self._read(max_bytes, bounded(timeout, deadline))
+            return self._read(
+                max_bytes, 0.0 if left < 0 else left if timeout is None or timeout > left else timeout
+            )
         except httpcore.ReadTimeout as error:
             if deadline is current:
                 raise  # the transport that set the deadline reports it (per-try or total)
@@ -148,11 +152,12 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
             return
         current = _current.get()
         if self._remember:
-            self._call = current if current is None or current.parent is None else current.parent
+            self._call = current.parent if current is not None and current.attempt_only else current
         if current is None:
             await self._write(buffer, timeout)
-        else:
-            await self._write(buffer, bounded(timeout, current))
+            return
+        left = current.expires_at - current.clock.now()
+        await self._write(buffer, 0.0 if left < 0 else left if timeout is None or timeout > left else timeout)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         # The tighter of the ambient deadline (while the request is on its way) and the call's (for the body).
@@ -162,8 +167,11 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
             deadline = current
         if deadline is None:
             return await self._read(max_bytes, timeout)
+        left = deadline.expires_at - deadline.clock.now()
         try:
-            return await self._read(max_bytes, bounded(timeout, deadline))
+            return await self._read(
+                max_bytes, 0.0 if left < 0 else left if timeout is None or timeout > left else timeout
+            )
         except httpcore.ReadTimeout as error:
             if deadline is current:
                 raise  # the transport that set the deadline reports it (per-try or total)

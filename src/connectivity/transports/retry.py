@@ -172,6 +172,10 @@ class RetryTransport(Layer):
                 self._clock.sleep(decision.delay)
                 continue
             if response.status_code not in policy.statuses:
+                if state is None:  # the success path, inline: most calls end here
+                    if EXTENSION not in response.extensions:
+                        response.extensions[EXTENSION] = FIRST_TRY
+                    return response
                 return self._finish(response, state, None)
             retry_after = response.headers.get("retry-after")
             reason = policy.status_reason(response.status_code, retry_after)
@@ -208,6 +212,10 @@ class RetryTransport(Layer):
                 await self._clock.asleep(decision.delay)
                 continue
             if response.status_code not in policy.statuses:
+                if state is None:  # the success path, inline: most calls end here
+                    if EXTENSION not in response.extensions:
+                        response.extensions[EXTENSION] = FIRST_TRY
+                    return response
                 return self._finish(response, state, None)
             retry_after = response.headers.get("retry-after")
             reason = policy.status_reason(response.status_code, retry_after)

@@ -7,10 +7,12 @@ shorter. Then it
 * refuses to start an attempt when nothing is left (no attempt outlives the deadline);
 * makes the remaining budget the ambient deadline for the layers inside it (so a retry layer will not wait out a
   backoff it has no time for);
-* clamps httpx's own per-operation timeouts (``request.extensions["timeout"]``) to the remaining budget;
-* in async code, runs the inner call in a cancel scope that fires at the deadline (the inner request is cancelled,
-  its connection dropped); in sync code, where nothing can interrupt a blocking read, the clamped httpx timeouts
-  bound every network operation and the result is checked on return;
+* over the deadline-aware :class:`~connectivity.transports.HTTPTransport`, relies on the connection: every
+  connect, read and write (the response body's included) is bounded at the socket by what is left, so only the
+  pool timeout is clamped and no cancel scope is needed;
+* over any other transport, runs an async call in a cancel scope that fires at the deadline (the inner request
+  is cancelled, its connection dropped); a sync call, which nothing can interrupt, gets httpx's timeouts clamped
+  and its result checked on return;
 * optionally tells the upstream how long it has, in ``x-connectivity-timeout-ms``.
 
 When the limit that fired was its own per-try limit it raises :class:`~connectivity.PerTryTimeoutError` (a retry
@@ -70,30 +72,16 @@ def deadline_aware(transport: object) -> bool:
     return bool(getattr(transport, "connectivity_deadline_aware", False))
 
 
-def _spent(budget: _Budget) -> bool:
+def _spent(deadline: Deadline) -> bool:
     # The timer that fired was the deadline's (give or take clock granularity), not an unrelated httpx timeout.
-    return budget.deadline.remaining() <= 1e-3
+    return deadline.expires_at - deadline.clock.now() <= 1e-3
 
 
 def _restore(request: httpx.Request, original: object) -> None:
-    if original is _UNCHANGED:
-        return
     if original is None:
         request.extensions.pop("timeout", None)
     else:
         request.extensions["timeout"] = original
-
-
-class _Budget:
-    """The limit in force for one call: seconds left, and whether it is the deadline or a per-try limit."""
-
-    __slots__ = ("deadline", "per_try", "remaining", "seconds")
-
-    def __init__(self, remaining: float, deadline: Deadline, per_try: bool, seconds: float) -> None:
-        self.remaining = remaining
-        self.deadline = deadline
-        self.per_try = per_try
-        self.seconds = seconds
 
 
 class TimeoutTransport(Layer):
@@ -104,7 +92,7 @@ class TimeoutTransport(Layer):
         timeout: Seconds allowed (``None``: only an ambient deadline applies). A :class:`connectivity.Timeout`
             is accepted too: its ``total`` is used, or its ``per_try`` when ``per_try=True``.
         per_try: This layer limits a single attempt: exceeding it raises ``PerTryTimeoutError`` (retryable)
-            instead of ``DeadlineExceededError``, and it does not become the ambient deadline.
+            instead of ``DeadlineExceededError``, and the response body is bounded by the call's deadline only.
         propagate: Send the remaining budget upstream in ``x-connectivity-timeout-ms``.
         clock: Time source.
 
@@ -142,72 +130,78 @@ class TimeoutTransport(Layer):
         # other transport an async call gets a cancel scope that fires at the limit.
         self._at_socket = deadline_aware(inner)
 
-    def _open(self, request: httpx.Request) -> tuple[_Budget, object, Token[Deadline | None] | None] | None:
+    def _open(
+        self, request: httpx.Request
+    ) -> tuple[Deadline, float, float, object, Token[Deadline | None] | None] | None:
         """Work out the limit in force, clamp httpx's timeouts to it, announce it upstream and make it ambient.
 
-        Returns the limit, what to restore in the request's timeouts, and the context token to reset; ``None``
-        when no limit applies. One method on the hot path, not four: each Python call costs.
+        Returns the deadline in force, the seconds it allowed (for error messages), the seconds left, what to
+        restore in the request's timeouts and the context token to reset; ``None`` when no limit applies. One
+        method and a tuple on the hot path, not several calls and objects: each costs.
         """
         own = request.extensions.get(self._override, self._timeout)
         ambient = _current.get()
         if ambient is not None:
-            left = ambient.remaining()
+            left = ambient.expires_at - ambient.clock.now()
             if own is not None and own < left:
                 ambient = None  # our own limit is tighter
             elif left <= 0:
                 raise DeadlineExceededError("deadline exceeded before the request was sent", request=request)
         if ambient is not None:
-            budget = _Budget(left, ambient, False, left)
+            deadline = ambient
             token = None
         elif own is None:
             return None
         else:
             left = own
             clock = self._clock
-            # A per-try limit narrows the call's deadline (if any): the body, read later, is bounded by that one.
-            deadline = Deadline(clock.now() + own, clock, _current.get() if self._per_try else None)
-            budget = _Budget(own, deadline, self._per_try, own)
+            if self._per_try:
+                # A per-try limit narrows the call's deadline (if any); the body, read later, is bounded by that.
+                deadline = Deadline(clock.now() + own, clock, True, _current.get())
+            else:
+                deadline = Deadline(clock.now() + own, clock)
             token = _current.set(deadline)
         # Over a deadline-aware transport connect, read and write are bounded at the socket already; only the wait
         # for a pooled connection still needs clamping, and only when it could outlast the deadline.
-        original = clamp_timeouts(request, left, pool_only=self._at_socket)
+        original = request.extensions.get("timeout")
+        if not (self._at_socket and original and (pool := original.get("pool")) is not None and pool <= left):
+            original = clamp_timeouts(request, left, pool_only=self._at_socket)
+        else:
+            original = _UNCHANGED
         if self._propagate:
             request.headers[DEADLINE_HEADER] = str(int(left * 1000))
-        return budget, original, token
+        return deadline, left, left, original, token
 
-    def _error(self, request: httpx.Request, budget: _Budget) -> httpx.TimeoutException:
-        if budget.per_try:
+    @staticmethod
+    def _error(request: httpx.Request, deadline: Deadline, seconds: float) -> httpx.TimeoutException:
+        if deadline.attempt_only:
             return PerTryTimeoutError(
-                f"attempt exceeded its per-try timeout of {budget.seconds:g} s",
-                request=request,
-                timeout=budget.seconds,
+                f"attempt exceeded its per-try timeout of {seconds:g} s", request=request, timeout=seconds
             )
-        return DeadlineExceededError(
-            f"deadline of {budget.seconds:g} s exceeded", request=request, timeout=budget.seconds
-        )
+        return DeadlineExceededError(f"deadline of {seconds:g} s exceeded", request=request, timeout=seconds)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._sync or self._sync_inner()
         opened = self._open(request)
         if opened is None:
             return inner.handle_request(request)
-        budget, original, token = opened
+        deadline, seconds, _, original, token = opened
         try:
             response = inner.handle_request(request)
         except httpx.TimeoutException as exc:
-            if not isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) and _spent(budget):
-                raise self._error(request, budget) from exc
+            if not isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) and _spent(deadline):
+                raise self._error(request, deadline, seconds) from exc
             raise
         finally:
             if token is not None:
                 _current.reset(token)
             if original is not _UNCHANGED:
                 _restore(request, original)
-        if budget.deadline.expired:
+        if deadline.clock.now() >= deadline.expires_at:
             # A blocking call cannot be interrupted; an inner transport that ignored the clamped timeouts
             # overran: do not hand out a late answer as if it were in time.
             response.close()
-            raise self._error(request, budget)
+            raise self._error(request, deadline, seconds)
         return response
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -215,18 +209,18 @@ class TimeoutTransport(Layer):
         opened = self._open(request)
         if opened is None:
             return await inner.handle_async_request(request)
-        budget, original, token = opened
+        deadline, seconds, left, original, token = opened
         try:
             if self._at_socket:
                 response = await inner.handle_async_request(request)
             else:
-                with self._clock.timeout_scope(budget.remaining) as scope:
+                with self._clock.timeout_scope(left) as scope:
                     response = await inner.handle_async_request(request)
                 if scope.cancelled_caught:
-                    raise self._error(request, budget)
+                    raise self._error(request, deadline, seconds)
         except httpx.TimeoutException as exc:
-            if not isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) and _spent(budget):
-                raise self._error(request, budget) from exc
+            if not isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) and _spent(deadline):
+                raise self._error(request, deadline, seconds) from exc
             raise
         finally:
             if token is not None:
