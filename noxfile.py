@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -18,13 +16,7 @@ def tests(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
-    session.run(
-        "pytest",
-        "--cov",
-        "--cov-report=term",
-        *session.posargs,
-        env={"COVERAGE_CORE": os.environ.get("COVERAGE_CORE", "sysmon")},
-    )
+    session.run("pytest", "--cov", "--cov-report=term", *session.posargs)
 
 
 @nox.session
