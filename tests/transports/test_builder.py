@@ -125,3 +125,16 @@ def test_hedged_stack_end_to_end_on_fake_time() -> None:
     response = Sender("trio")(transport)
     assert response.content == b"fast"
     assert clock.now() == pytest.approx(0.2)
+
+
+def test_attempt_numbers_are_unique_across_retries_and_hedges(send: Sender) -> None:
+    clock = FakeClock()
+    script = ScriptedTransport([503, 503, 200], clock=clock)
+    transport = cx.transport(
+        script, retry=cx.Retry(backoff=cx.Backoff.none()), hedge=cx.Hedge(delay=1.0), clock=clock
+    )
+    response = send(transport)
+    assert response.status_code == 200
+    assert [r.headers.get("x-connectivity-attempt") for r in script.requests] == [None, "2", "3"]
+    record = response.extensions["connectivity"]
+    assert record.attempts == 2  # the retry layer's count: the first hedged group, then one retry

@@ -421,6 +421,6 @@ def _reset(scope: Scope, *, abortive: bool) -> None:
     extension = scope.get("extensions", {}).get(RESET_EXTENSION)
     if extension is None:
         raise RuntimeError(
-            f"reset_rate needs a server offering {RESET_EXTENSION!r}: use connectivity.testing.serve"
+            f"reset_rate needs a server offering {RESET_EXTENSION!r}: use connectivity.testing.server.serve"
         )
     extension["reset"](abortive)

@@ -10,6 +10,7 @@ from connectivity.errors import DeadlineExceededError, PerTryTimeoutError
 from connectivity.policies.retry import CONNECT_FAILURE, PER_TRY_TIMEOUT, READ_TIMEOUT, RESET
 
 __all__ = [
+    "ATTEMPT",
     "DRAIN_LIMIT",
     "EXTENSION",
     "FIRST_TRY",
@@ -17,6 +18,7 @@ __all__ = [
     "adiscard",
     "discard",
     "failure_kind",
+    "next_attempt",
     "record_of",
     "set_record",
 ]
@@ -109,6 +111,17 @@ async def adiscard(response: httpx.Response) -> None:
         pass
     finally:
         await response.aclose()
+
+
+ATTEMPT = "connectivity.attempt"
+"""Request extension: the number of the attempt this request object is (1 for the first), across all layers."""
+
+
+def next_attempt(request: httpx.Request) -> int:
+    """Number the next attempt of ``request``'s call: one counter shared by the retry and hedging layers."""
+    number = int(request.extensions.get(ATTEMPT, 1)) + 1
+    request.extensions[ATTEMPT] = number
+    return number
 
 
 def record_of(response: httpx.Response) -> CallRecord:

@@ -25,7 +25,16 @@ from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.hedge import Hedge
 from connectivity.policies.retry import Retry
 from connectivity.transports._base import Inner, Layer
-from connectivity.transports._outcome import DRAIN_LIMIT, adiscard, discard, failure_kind, set_record
+from connectivity.transports._outcome import (
+    DRAIN_LIMIT,
+    EXTENSION,
+    FIRST_TRY,
+    adiscard,
+    discard,
+    failure_kind,
+    next_attempt,
+    set_record,
+)
 from connectivity.transports.retry import ATTEMPT_HEADER
 
 __all__ = ["HedgingTransport"]
@@ -96,20 +105,24 @@ class HedgingTransport(Layer):
     def _attempt(request: httpx.Request, index: int) -> httpx.Request:
         if index == 0:
             return request
+        # Numbered from the call's shared counter, so retries of hedged attempts never repeat a number.
+        number = next_attempt(request)
         extensions = dict(request.extensions)
-        extensions["connectivity.attempt"] = index + 1
         extensions["connectivity.prefer_other_endpoint"] = True
         hedged = httpx.Request(
             request.method, request.url, headers=request.headers, stream=request.stream, extensions=extensions
         )
-        hedged.headers[ATTEMPT_HEADER] = str(index + 1)
+        hedged.headers[ATTEMPT_HEADER] = str(number)
         return hedged
 
     @staticmethod
     def _result(outcome: Outcome, index: int, started: int) -> httpx.Response:
         if isinstance(outcome, Exception):
             raise outcome
-        set_record(outcome, hedges=started - 1, winner=index)
+        if started > 1:
+            set_record(outcome, hedges=started - 1, winner=index)
+        elif EXTENSION not in outcome.extensions:  # a first attempt that won alone shares the first-try record
+            outcome.extensions[EXTENSION] = FIRST_TRY
         return outcome
 
     # -- async ----------------------------------------------------------------------------------------------

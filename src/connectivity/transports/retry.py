@@ -23,7 +23,15 @@ from connectivity.policies.deadline import _current
 from connectivity.policies.retry import CONNECT_FAILURE, Retry, RetryDecision, RetryState
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports._body import is_replayable, make_replayable
-from connectivity.transports._outcome import EXTENSION, FIRST_TRY, adiscard, discard, failure_kind, set_record
+from connectivity.transports._outcome import (
+    EXTENSION,
+    FIRST_TRY,
+    adiscard,
+    discard,
+    failure_kind,
+    next_attempt,
+    set_record,
+)
 from connectivity.transports.timeout import TimeoutTransport, clamp_timeouts
 
 __all__ = ["ATTEMPT_HEADER", "RetryTransport"]
@@ -108,8 +116,7 @@ class RetryTransport(Layer):
             if ambient is not None:
                 # The first attempt was clamped by the deadline's layer; a retry has less time left than that.
                 clamp_timeouts(request, max(ambient.remaining() - decision.delay, 0.0))
-            request.extensions["connectivity.attempt"] = state.attempts
-            request.headers[ATTEMPT_HEADER] = str(state.attempts)
+            request.headers[ATTEMPT_HEADER] = str(next_attempt(request))
             if policy.prefer_other_endpoint:
                 request.extensions["connectivity.prefer_other_endpoint"] = True
         return decision
