@@ -155,6 +155,39 @@ class RetryTransport(Layer):
         )
         return error
 
+    def _on_error(
+        self, policy: Retry, state: RetryState | None, request: httpx.Request, exc: httpx.TransportError
+    ) -> tuple[RetryState, RetryDecision]:
+        """After an attempt raised: the decision to retry, or the error to raise (raised from here)."""
+        kind = failure_kind(exc)
+        reason = None if kind is None else policy.error_reason(kind)
+        if reason is None:
+            raise exc
+        state = state or policy.start()
+        decision = self._decide(policy, state, request, reason, sent=kind != CONNECT_FAILURE)
+        if not decision.retry:
+            error = self._exhausted(request, state, decision, exc)
+            if error is exc:
+                raise exc
+            raise error from exc
+        return state, decision
+
+    def _on_response(
+        self, policy: Retry, state: RetryState | None, request: httpx.Request, response: httpx.Response
+    ) -> tuple[RetryState | None, RetryDecision | None]:
+        """After an attempt answered with one of the policy's statuses: retry (a decision), or return it (None)."""
+        retry_after = response.headers.get("retry-after")
+        reason = policy.status_reason(response.status_code, retry_after)
+        if reason is None:
+            self._finish(response, state, None)
+            return state, None
+        state = state or policy.start()
+        decision = self._decide(policy, state, request, reason, sent=True, retry_after=retry_after)
+        if not decision.retry:
+            self._finish(response, state, decision.give_up)
+            return state, None
+        return state, decision
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         policy = self._begin(request)
         target = (
@@ -165,17 +198,7 @@ class RetryTransport(Layer):
             try:
                 response = target.handle_request(request)
             except httpx.TransportError as exc:
-                kind = failure_kind(exc)
-                reason = None if kind is None else policy.error_reason(kind)
-                if reason is None:
-                    raise
-                state = state or policy.start()
-                decision = self._decide(policy, state, request, reason, sent=kind != CONNECT_FAILURE)
-                if not decision.retry:
-                    error = self._exhausted(request, state, decision, exc)
-                    if error is exc:
-                        raise
-                    raise error from exc
+                state, decision = self._on_error(policy, state, request, exc)
                 self._clock.sleep(decision.delay)
                 continue
             if response.status_code not in policy.statuses:
@@ -184,16 +207,11 @@ class RetryTransport(Layer):
                         response.extensions[EXTENSION] = FIRST_TRY
                     return response
                 return self._finish(response, state, None)
-            retry_after = response.headers.get("retry-after")
-            reason = policy.status_reason(response.status_code, retry_after)
-            if reason is None:
-                return self._finish(response, state, None)
-            state = state or policy.start()
-            decision = self._decide(policy, state, request, reason, sent=True, retry_after=retry_after)
-            if not decision.retry:
-                return self._finish(response, state, decision.give_up)
+            state, retrying = self._on_response(policy, state, request, response)
+            if retrying is None:
+                return response
             discard(response)
-            self._clock.sleep(decision.delay)
+            self._clock.sleep(retrying.delay)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         policy = self._begin(request)
@@ -205,17 +223,7 @@ class RetryTransport(Layer):
             try:
                 response = await target.handle_async_request(request)
             except httpx.TransportError as exc:
-                kind = failure_kind(exc)
-                reason = None if kind is None else policy.error_reason(kind)
-                if reason is None:
-                    raise
-                state = state or policy.start()
-                decision = self._decide(policy, state, request, reason, sent=kind != CONNECT_FAILURE)
-                if not decision.retry:
-                    error = self._exhausted(request, state, decision, exc)
-                    if error is exc:
-                        raise
-                    raise error from exc
+                state, decision = self._on_error(policy, state, request, exc)
                 await self._clock.asleep(decision.delay)
                 continue
             if response.status_code not in policy.statuses:
@@ -224,13 +232,8 @@ class RetryTransport(Layer):
                         response.extensions[EXTENSION] = FIRST_TRY
                     return response
                 return self._finish(response, state, None)
-            retry_after = response.headers.get("retry-after")
-            reason = policy.status_reason(response.status_code, retry_after)
-            if reason is None:
-                return self._finish(response, state, None)
-            state = state or policy.start()
-            decision = self._decide(policy, state, request, reason, sent=True, retry_after=retry_after)
-            if not decision.retry:
-                return self._finish(response, state, decision.give_up)
+            state, retrying = self._on_response(policy, state, request, response)
+            if retrying is None:
+                return response
             await adiscard(response)
-            await self._clock.asleep(decision.delay)
+            await self._clock.asleep(retrying.delay)
