@@ -17,7 +17,7 @@ remembers nothing (its body reads are bounded by httpx's read timeout only).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import httpcore
@@ -137,48 +137,45 @@ class DeadlineAwareBackend(httpcore.NetworkBackend):
 
 
 class _AsyncStream(httpcore.AsyncNetworkStream):
-    # As _Stream; an async method cannot be replaced by the wrapped stream's bound method without changing what
-    # it returns, so aclose, read and write keep one extra frame.
+    # As _Stream. read and write are plain methods returning the wrapped stream's coroutine, so awaiting them
+    # costs no coroutine of ours; only a body read under the remembered deadline needs one (to report it).
     def __init__(self, stream: httpcore.AsyncNetworkStream, *, remember: bool = True) -> None:
         self._stream = stream
         self._read = stream.read
         self._write = stream.write
         self._remember = remember
         self._call: Deadline | None = None
+        self.aclose = stream.aclose  # type: ignore[method-assign]
         self.get_extra_info = stream.get_extra_info  # type: ignore[method-assign]
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
+    def write(self, buffer: bytes, timeout: float | None = None) -> Coroutine[Any, Any, None]:
         current = _current.get()
-        if self._remember:
+        if buffer and self._remember:
             self._call = current.parent if current is not None and current.attempt_only else current
         if current is None:
-            await self._write(buffer, timeout)
-            return
+            return self._write(buffer, timeout)
         left = current.expires_at - current.clock.now()
-        await self._write(buffer, 0.0 if left < 0 else left if timeout is None or timeout > left else timeout)
+        return self._write(buffer, 0.0 if left < 0 else left if timeout is None or timeout > left else timeout)
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+    def read(self, max_bytes: int, timeout: float | None = None) -> Coroutine[Any, Any, bytes]:
         # The tighter of the ambient deadline (while the request is on its way) and the call's (for the body).
         deadline = self._call
         current = _current.get()
         if current is not None and (deadline is None or current.expires_at < deadline.expires_at):
             deadline = current
         if deadline is None:
-            return await self._read(max_bytes, timeout)
+            return self._read(max_bytes, timeout)
         left = deadline.expires_at - deadline.clock.now()
-        try:
-            return await self._read(
-                max_bytes, 0.0 if left < 0 else left if timeout is None or timeout > left else timeout
-            )
-        except httpcore.ReadTimeout as error:
-            if deadline is current:
-                raise  # the transport that set the deadline reports it (per-try or total)
-            raise _expired(error, deadline) from error
+        bounded_timeout = 0.0 if left < 0 else left if timeout is None or timeout > left else timeout
+        if deadline is current:
+            return self._read(max_bytes, bounded_timeout)  # the transport that set it reports a timeout
+        return self._read_body(max_bytes, bounded_timeout, deadline)
 
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+    async def _read_body(self, max_bytes: int, timeout: float, deadline: Deadline) -> bytes:
+        try:
+            return await self._read(max_bytes, timeout)
+        except httpcore.ReadTimeout as error:
+            raise _expired(error, deadline) from error
 
     async def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
