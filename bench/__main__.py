@@ -1,4 +1,4 @@
-"""``python -m bench [overhead|e2e|all] [--quick]``: run the benchmarks and write ``bench/results/*.json``."""
+"""``python -m bench [overhead|e2e|instructions|all] [--quick]``: run benchmarks, write bench/results/*.json."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, overhead
+from bench import e2e, instructions, overhead
 
-_BENCHMARKS = ("overhead", "e2e")
+_BENCHMARKS = ("overhead", "e2e", "instructions")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmarks: connectivity's overhead over bare httpx and over peer libraries.",
+        description="Benchmarks: connectivity's overhead over bare httpx and over peer libraries, in CPU time and "
+        "in instructions.",
     )
     parser.add_argument(
         "benchmark",
@@ -26,13 +27,23 @@ def _parser() -> argparse.ArgumentParser:
         help="which benchmark to run (default: all)",
     )
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: few rounds, few requests")
-    parser.add_argument("--rounds", type=int, help="override the number of measured rounds")
-    parser.add_argument("--count", type=int, help="override calls (overhead) / requests (e2e) per round")
+    parser.add_argument(
+        "--rounds", type=int, help="override the number of measured rounds (instructions: segments per process)"
+    )
+    parser.add_argument(
+        "--count",
+        type=int,
+        help="override calls (overhead) / requests (e2e) per round, requests per segment (instructions)",
+    )
     parser.add_argument("--no-trio", action="store_true", help="skip the trio measurements")
     parser.add_argument(
         "--results-dir", type=Path, help="where to write <benchmark>.json (default: bench/results/)"
     )
-    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 when a target is missed or a benchmark is skipped (no valgrind: instructions)",
+    )
     return parser
 
 
@@ -58,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results_dir=args.results_dir,
                 )
             )
-        else:
+        elif name == "e2e":
             results.append(
                 e2e.run(
                     quick=args.quick,
@@ -67,10 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results_dir=args.results_dir,
                 )
             )
+        else:
+            results.append(
+                instructions.run(
+                    quick=args.quick,
+                    segments=args.rounds,
+                    requests=args.count,
+                    results_dir=args.results_dir,
+                )
+            )
     missed = [result["benchmark"] for result in results if not result["pass"]]
+    skipped = [result["benchmark"] for result in results if result.get("skipped")]
     if missed:
         print(f"\ntargets missed in: {', '.join(missed)}")
-    return 1 if args.strict and missed else 0
+    if skipped:
+        print(f"\nskipped: {', '.join(skipped)}" + (" (a failure under --strict)" if args.strict else ""))
+    return 1 if args.strict and (missed or skipped) else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The benchmark harness runs and writes its results file (speed is measured by ``python -m bench``, not here)."""
+"""The benchmark harness runs and writes its results files (speed is measured by ``python -m bench``, not here)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,85 @@ def test_overhead_quick_writes_json_with_the_expected_keys(
     output = capsys.readouterr().out
     assert "overhead sync" in output
     assert "overhead asyncio" in output
+
+
+def test_e2e_quick_writes_json_with_both_connectivity_contenders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("sniffio")
+    monkeypatch.syspath_prepend(str(_ROOT))
+    from bench.__main__ import main
+
+    # Quick numbers are noise: only the shape of the results is checked, never a verdict.
+    main(["e2e", "--quick", "--rounds", "1", "--count", "5", "--results-dir", str(tmp_path)])
+
+    results = json.loads((tmp_path / "e2e.json").read_text(encoding="utf-8"))
+    assert results["benchmark"] == "e2e"
+    assert {"config", "machine", "modes", "pass", "target_ratio", "elapsed_s"} <= results.keys()
+    assert {"sync", "async"} <= results["modes"].keys()
+    for mode in results["modes"].values():
+        contenders = mode["contenders"]
+        assert {"httpx", "connectivity (full)", "connectivity (retry)", "httpx (control)"} <= contenders.keys()
+        for summary in contenders.values():
+            assert {
+                "cpu_us_per_request",
+                "cpu_ratio_vs_httpx",
+                "cpu_added_us_vs_httpx",
+                "errors",
+            } <= summary.keys()
+            assert summary["errors"] == 0
+        assert "connectivity (full) <= 1.02x httpx" in mode["checks"]
+        if "httpx-retries" in contenders:
+            assert "connectivity (retry) < httpx-retries (same job)" in mode["checks"]
+    assert "noise floor" in capsys.readouterr().out
+
+
+def test_instructions_without_valgrind_is_skipped_and_fails_only_under_strict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(_ROOT))
+    from bench.__main__ import main
+
+    monkeypatch.setattr("bench.instructions.shutil.which", lambda _name: None)
+
+    assert main(["instructions", "--results-dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "instructions.json").read_text(encoding="utf-8"))
+    assert results["benchmark"] == "instructions"
+    assert results["pass"] is True
+    assert "valgrind not found" in results["skipped"]
+    assert results["modes"] == {}
+    assert "SKIPPED" in capsys.readouterr().out
+
+    assert main(["instructions", "--strict", "--results-dir", str(tmp_path)]) == 1
+
+
+def test_instructions_quick_under_callgrind_writes_json_with_the_expected_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    pytest.importorskip("uvicorn")
+    monkeypatch.syspath_prepend(str(_ROOT))
+    from bench.__main__ import main
+
+    # Sync only, bare httpx and the full stack, 2 segments of 20 requests each: about 20 s under callgrind.
+    main(["instructions", "--quick", "--results-dir", str(tmp_path)])
+
+    results = json.loads((tmp_path / "instructions.json").read_text(encoding="utf-8"))
+    if results["skipped"]:
+        pytest.skip(f"callgrind cannot count here: {results['skipped']}")
+    assert results["benchmark"] == "instructions"
+    assert results["quick"] is True
+    assert {"config", "machine", "modes", "pass", "target_ratio", "elapsed_s"} <= results.keys()
+    assert list(results["modes"]) == ["sync"]
+    mode = results["modes"]["sync"]
+    assert {"contenders", "checks", "pass"} <= mode.keys()
+    assert {"httpx", "connectivity (full)"} <= mode["contenders"].keys()
+    for summary in mode["contenders"].values():
+        assert {"ir_per_request", "ir_min_max", "added_vs_httpx", "ratio_vs_httpx", "processes"} <= summary.keys()
+        assert summary["ir_per_request"] > 0
+        (process,) = summary["processes"]
+        assert len(process["segments_ir"]) == 2
+        assert process["marker_ir"] >= 0
+    assert "connectivity (full) <= 1.02x httpx" in mode["checks"]
