@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from typing import Literal
 
@@ -12,11 +13,15 @@ from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.hedge import Hedge
 from connectivity.policies.retry import Retry
 from connectivity.policies.timeout import Timeout
+from connectivity.telemetry.otel import Telemetry, track_budget
 from connectivity.transports._base import Inner, Layer
+from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
+from connectivity.transports.request_id import RequestIDTransport
 from connectivity.transports.retry import RetryTransport
 from connectivity.transports.timeout import TimeoutTransport
+from connectivity.transports.tracing import TracingTransport
 
 __all__ = ["transport"]
 
@@ -27,11 +32,16 @@ def transport(
     timeout: Timeout | float | None = None,
     retry: Retry | Literal[False] | None = None,
     hedge: Hedge | None = None,
+    telemetry: Telemetry | Literal[False] | None = None,
+    access_log: bool | logging.Logger = False,
+    request_id: bool = True,
+    name: str | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> Layer:
     """Build the recommended outbound stack, outermost first.
 
-    ``total timeout / ambient deadline -> retry (+ budget) -> hedging -> per-try timeout -> network``
+    ``tracing -> access log -> request id -> total timeout / ambient deadline -> retry (+ budget) -> hedging ->
+    per-try timeout -> network``
 
     Every argument is optional. The result works with both ``httpx.Client`` and ``httpx.AsyncClient``.
 
@@ -41,6 +51,12 @@ def transport(
         retry: The retry policy. ``None`` (default) means ``Retry(budget=RetryBudget())``: 3 attempts of
             idempotent requests under a 20 % budget. ``False`` disables retries.
         hedge: Hedging policy, off by default. Hedges draw from the retry budget unless given their own.
+        telemetry: Tracing and metrics (:class:`~connectivity.transports.TracingTransport`). ``None`` (default)
+            uses the global OpenTelemetry providers, which costs next to nothing until an SDK is installed;
+            ``False`` leaves the layer out.
+        access_log: ``True`` logs one record per call to the ``connectivity.access`` logger; a logger logs there.
+        request_id: Copy the current inbound request id into ``x-request-id`` (default on, as in Envoy).
+        name: The client's name: labels its retry budget in ``connectivity.retry_budget.remaining``.
         clock: Time source for every layer (inject a ``FakeClock`` in tests).
 
     Returns:
@@ -78,8 +94,26 @@ def transport(
         stack = HedgingTransport(stack, hedge, retry=policy, clock=clock)
     if policy is not None:
         stack = RetryTransport(stack, policy, clock=clock)
-    # Always outermost, even without a total: an ambient `connectivity.deadline()` is then enforced too.
-    return TimeoutTransport(stack, limits.total, propagate=limits.propagate and per_try is None, clock=clock)
+    # Always present, even without a total: an ambient `connectivity.deadline()` is then enforced too.
+    outer: Layer = TimeoutTransport(
+        stack, limits.total, propagate=limits.propagate and per_try is None, clock=clock
+    )
+    if request_id:
+        outer = RequestIDTransport(outer)
+    if access_log is not False:
+        outer = AccessLogTransport(outer, logger=access_log if isinstance(access_log, logging.Logger) else None)
+    if telemetry is not False:
+        if telemetry is not None and not isinstance(telemetry, Telemetry):
+            raise ConfigError(
+                "transport.telemetry", telemetry, "must be a connectivity.telemetry.Telemetry, False or None"
+            )
+        outer = TracingTransport(outer, telemetry=telemetry)
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError("transport.name", name, "must be a non-empty string")
+        if policy is not None and policy.budget is not None:
+            track_budget(policy.budget, name)
+    return outer
 
 
 def _timeout(timeout: Timeout | float | None) -> Timeout:

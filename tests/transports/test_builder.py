@@ -5,7 +5,14 @@ import pytest
 
 import connectivity as cx
 from connectivity.testing import FakeClock, ScriptedTransport, Step
-from connectivity.transports import HedgingTransport, HTTPTransport, RetryTransport, TimeoutTransport
+from connectivity.transports import (
+    HedgingTransport,
+    HTTPTransport,
+    RequestIDTransport,
+    RetryTransport,
+    TimeoutTransport,
+    TracingTransport,
+)
 
 from .conftest import Sender
 
@@ -19,9 +26,21 @@ def layers(transport: object) -> list[type]:
     return found
 
 
+OBSERVABILITY = [TracingTransport, RequestIDTransport]
+"""The layers every default stack starts with."""
+
+
+def core(transport: object) -> object:
+    """The stack under the observability layers."""
+    while isinstance(transport, (TracingTransport, RequestIDTransport)):
+        transport = transport.inner
+    return transport
+
+
 def test_recommended_order_outermost_first() -> None:
     transport = cx.transport(timeout=cx.Timeout(total=5.0, per_try=1.0), hedge=cx.Hedge(delay=0.1))
     assert layers(transport) == [
+        *OBSERVABILITY,
         TimeoutTransport,
         RetryTransport,
         HedgingTransport,
@@ -32,22 +51,22 @@ def test_recommended_order_outermost_first() -> None:
 
 def test_defaults_retry_idempotent_requests_under_a_budget() -> None:
     transport = cx.transport()
-    assert layers(transport) == [TimeoutTransport, RetryTransport, HTTPTransport]
-    retry = transport.inner
+    assert layers(transport) == [*OBSERVABILITY, TimeoutTransport, RetryTransport, HTTPTransport]
+    retry = core(transport).inner  # type: ignore[attr-defined]
     assert isinstance(retry, RetryTransport)
     assert retry.retry.budget is not None
     assert retry.retry.attempts == 3
 
 
 def test_retry_false_leaves_only_the_deadline_layer() -> None:
-    assert layers(cx.transport(retry=False)) == [TimeoutTransport, HTTPTransport]
-    assert layers(cx.transport(retry=cx.Retry.disabled())) == [TimeoutTransport, HTTPTransport]
+    assert layers(cx.transport(retry=False)) == [*OBSERVABILITY, TimeoutTransport, HTTPTransport]
+    assert layers(cx.transport(retry=cx.Retry.disabled())) == [*OBSERVABILITY, TimeoutTransport, HTTPTransport]
 
 
 def test_hedges_share_the_retry_budget() -> None:
     budget = cx.RetryBudget()
     transport = cx.transport(retry=cx.Retry(budget=budget), hedge=cx.Hedge(delay=0.1))
-    hedging = transport.inner.inner  # type: ignore[attr-defined]
+    hedging = core(transport).inner.inner  # type: ignore[attr-defined]
     assert isinstance(hedging, HedgingTransport)
     assert hedging.hedge.budget is budget
 

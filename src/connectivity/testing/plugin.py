@@ -1,4 +1,4 @@
-"""The connectivity pytest plugin: a fake clock and real faulty upstream servers as fixtures.
+"""The connectivity pytest plugin: a fake clock, real faulty upstream servers and in-memory telemetry.
 
 Registered through the ``pytest11`` entry point, so it loads wherever ``connectivity-sdk`` is installed. Heavy or
 optional imports (uvicorn, the clock) happen inside the fixtures, so merely loading the plugin costs nothing and
@@ -16,6 +16,7 @@ import pytest
 
 if TYPE_CHECKING:
     from connectivity.testing.clock import FakeClock
+    from connectivity.testing.otel import InMemoryTelemetry
     from connectivity.testing.server import RunningServer
     from connectivity.testing.upstream import Faults, FaultyUpstream
 
@@ -45,6 +46,17 @@ def pytest_configure(config: pytest.Config) -> None:
     declared = config.getini("markers")
     if not any(str(line).split(":", 1)[0].strip() == "system" for line in declared):
         config.addinivalue_line("markers", _SYSTEM_MARKER)
+
+
+@pytest.fixture
+def otel() -> Iterator[InMemoryTelemetry]:
+    """An in-memory OpenTelemetry SDK pipeline (needs ``opentelemetry-sdk``): pass ``otel.telemetry()`` to a
+    layer, then assert on ``otel.spans()`` and ``otel.metrics()``."""
+    from connectivity.testing.otel import InMemoryTelemetry
+
+    pipeline = InMemoryTelemetry()
+    yield pipeline
+    pipeline.shutdown()
 
 
 @pytest.fixture

@@ -6,19 +6,25 @@ Each works with both :class:`httpx.Client` and :class:`httpx.AsyncClient`. Compo
 
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports._outcome import EXTENSION, CallRecord, failure_kind
+from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
+from connectivity.transports.request_id import RequestIDTransport
 from connectivity.transports.retry import RetryTransport
 from connectivity.transports.timeout import TimeoutTransport
+from connectivity.transports.tracing import TracingTransport
 
 __all__ = [
     "EXTENSION",
+    "AccessLogTransport",
     "CallRecord",
     "HTTPTransport",
     "HedgingTransport",
     "Inner",
     "Layer",
+    "RequestIDTransport",
     "RetryTransport",
     "TimeoutTransport",
+    "TracingTransport",
     "failure_kind",
 ]

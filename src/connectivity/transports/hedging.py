@@ -24,7 +24,10 @@ import httpx
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.hedge import Hedge
 from connectivity.policies.retry import Retry
+from connectivity.telemetry import events, semconv
+from connectivity.telemetry.events import _CALL, emit
 from connectivity.transports._base import Inner, Layer
+from connectivity.transports._observe import CallTrace
 from connectivity.transports._outcome import (
     DRAIN_LIMIT,
     EXTENSION,
@@ -102,11 +105,20 @@ class HedgingTransport(Layer):
         return kind is None or self._retry.error_reason(kind) is None
 
     @staticmethod
-    def _attempt(request: httpx.Request, index: int) -> httpx.Request:
+    def _allowed(hedge: Hedge, started: int) -> bool:
+        """Whether the next hedge may start (the caller checked the count): a refusal is the budget's."""
+        if hedge.allow_extra(started):
+            return True
+        emit(events.BUDGET_EXHAUSTED, {semconv.CONNECTIVITY_ATTEMPT: started + 1})
+        return False
+
+    @staticmethod
+    def _attempt(request: httpx.Request, index: int, delay: float = 0.0) -> httpx.Request:
         if index == 0:
             return request
         # Numbered from the call's shared counter, so retries of hedged attempts never repeat a number.
         number = next_attempt(request)
+        emit(events.HEDGE_LAUNCHED, {semconv.CONNECTIVITY_ATTEMPT: number, semconv.CONNECTIVITY_DELAY: delay})
         extensions = dict(request.extensions)
         extensions["connectivity.prefer_other_endpoint"] = True
         hedged = httpx.Request(
@@ -130,7 +142,11 @@ class HedgingTransport(Layer):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._async or self._async_inner()
         hedge = self._policy(request)
+        call = _CALL.get()
+        observed = call if isinstance(call, CallTrace) and call.owner is self else None
         if hedge is None:
+            if observed is not None:
+                return await observed.asend(inner, request)
             return await inner.handle_async_request(request)
         send, receive = anyio.create_memory_object_stream[tuple[int, Outcome]](hedge.max_extra + 1)
         started = finished = 0
@@ -139,7 +155,11 @@ class HedgingTransport(Layer):
 
         async def run(index: int, attempt: httpx.Request) -> None:
             try:
-                outcome: Outcome = await inner.handle_async_request(attempt)
+                outcome: Outcome = (
+                    await inner.handle_async_request(attempt)
+                    if observed is None
+                    else await observed.asend(inner, attempt)
+                )
             except Exception as exc:
                 outcome = exc
             send.send_nowait((index, outcome))
@@ -153,8 +173,8 @@ class HedgingTransport(Layer):
                         with self._clock.timeout_scope(hedge.delay) as timer:
                             index, outcome = await receive.receive()
                         if timer.cancelled_caught:
-                            if hedge.allow_extra(started):
-                                group.start_soon(run, started, self._attempt(request, started))
+                            if self._allowed(hedge, started):
+                                group.start_soon(run, started, self._attempt(request, started, hedge.delay))
                                 started += 1
                             else:
                                 more = False
@@ -174,7 +194,7 @@ class HedgingTransport(Layer):
                             await outcome.aread()
                         except httpx.HTTPError as exc:
                             chosen = (index, exc)
-                    if more and started <= hedge.max_extra and hedge.allow_extra(started):
+                    if more and started <= hedge.max_extra and self._allowed(hedge, started):
                         group.start_soon(run, started, self._attempt(request, started))
                         started += 1
             assert chosen is not None
@@ -206,14 +226,18 @@ class HedgingTransport(Layer):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._sync or self._sync_inner()
         hedge = self._policy(request)
+        call = _CALL.get()
+        observed = call if isinstance(call, CallTrace) and call.owner is self else None
         if hedge is None:
-            return inner.handle_request(request)
+            return inner.handle_request(request) if observed is None else observed.send(inner, request)
         pool = self._pool()
         # Worker threads do not inherit context variables: carry the ambient deadline over explicitly.
         context = contextvars.copy_context()
-        futures: dict[Future[httpx.Response], int] = {
-            pool.submit(context.copy().run, inner.handle_request, request): 0
-        }
+
+        def send(attempt: httpx.Request) -> httpx.Response:
+            return inner.handle_request(attempt) if observed is None else observed.send(inner, attempt)
+
+        futures: dict[Future[httpx.Response], int] = {pool.submit(context.copy().run, send, request): 0}
         started = 1
         more = True
         chosen: tuple[int, Outcome] | None = None
@@ -222,8 +246,8 @@ class HedgingTransport(Layer):
             hedge_now = more and started <= hedge.max_extra
             done, pending = wait(pending, timeout=hedge.delay if hedge_now else None, return_when=FIRST_COMPLETED)
             if not done:
-                if hedge.allow_extra(started):
-                    future = pool.submit(context.copy().run, inner.handle_request, self._attempt(request, started))
+                if self._allowed(hedge, started):
+                    future = pool.submit(context.copy().run, send, self._attempt(request, started, hedge.delay))
                     futures[future] = started
                     pending.add(future)
                     started += 1
@@ -245,8 +269,8 @@ class HedgingTransport(Layer):
                         outcome.read()
                     except httpx.HTTPError as exc:
                         chosen = (futures[future], exc)
-            if more and started <= hedge.max_extra and hedge.allow_extra(started):
-                future = pool.submit(context.copy().run, inner.handle_request, self._attempt(request, started))
+            if more and started <= hedge.max_extra and self._allowed(hedge, started):
+                future = pool.submit(context.copy().run, send, self._attempt(request, started))
                 futures[future] = started
                 pending.add(future)
                 started += 1

@@ -21,8 +21,12 @@ from connectivity.errors import RetriesExhaustedError, RetryBudgetExhaustedError
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.deadline import _current
 from connectivity.policies.retry import CONNECT_FAILURE, Retry, RetryDecision, RetryState
+from connectivity.telemetry import events, semconv
+from connectivity.telemetry.events import _CALL, emit
+from connectivity.telemetry.redaction import DEFAULT_REDACTION
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports._body import is_replayable, make_replayable
+from connectivity.transports._observe import CallTrace
 from connectivity.transports._outcome import (
     EXTENSION,
     FIRST_TRY,
@@ -116,9 +120,26 @@ class RetryTransport(Layer):
             if ambient is not None:
                 # The first attempt was clamped by the deadline's layer; a retry has less time left than that.
                 clamp_timeouts(request, max(ambient.remaining() - decision.delay, 0.0))
-            request.headers[ATTEMPT_HEADER] = str(next_attempt(request))
+            number = next_attempt(request)
+            request.headers[ATTEMPT_HEADER] = str(number)
             if policy.prefer_other_endpoint:
                 request.extensions["connectivity.prefer_other_endpoint"] = True
+            emit(
+                events.RETRY_SCHEDULED,
+                {
+                    semconv.CONNECTIVITY_REASON: reason,
+                    semconv.CONNECTIVITY_DELAY: decision.delay,
+                    semconv.CONNECTIVITY_ATTEMPT: number,
+                },
+            )
+        else:
+            gave_up: dict[str, events.AttributeValue] = {
+                semconv.CONNECTIVITY_REASON: decision.give_up or "not retryable",
+                semconv.CONNECTIVITY_ATTEMPT: state.attempts,
+            }
+            emit(events.RETRY_GAVE_UP, gave_up)
+            if decision.give_up == "retry budget exhausted":
+                emit(events.BUDGET_EXHAUSTED, {semconv.CONNECTIVITY_ATTEMPT: state.attempts})
         return decision
 
     @staticmethod
@@ -147,7 +168,7 @@ class RetryTransport(Layer):
             return exc  # the deadline's layer reports this as DeadlineExceededError, chaining exc
         kind = RetryBudgetExhaustedError if decision.give_up == "retry budget exhausted" else RetriesExhaustedError
         error: Exception = kind(
-            f"{request.method} {request.url} failed after {state.attempts} attempt(s) "
+            f"{request.method} {DEFAULT_REDACTION.url(str(request.url))} failed after {state.attempts} attempt(s) "
             f"({decision.give_up}); last error: {type(exc).__name__}: {exc}",
             request=request,
             attempts=state.attempts,
@@ -194,9 +215,11 @@ class RetryTransport(Layer):
             (self._sync or self._sync_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
         )
         state: RetryState | None = None
+        call = _CALL.get()
+        observed = call if isinstance(call, CallTrace) and call.owner is self else None
         while True:
             try:
-                response = target.handle_request(request)
+                response = target.handle_request(request) if observed is None else observed.send(target, request)
             except httpx.TransportError as exc:
                 state, decision = self._on_error(policy, state, request, exc)
                 self._clock.sleep(decision.delay)
@@ -219,9 +242,14 @@ class RetryTransport(Layer):
             (self._async or self._async_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
         )
         state: RetryState | None = None
+        call = _CALL.get()
+        observed = call if isinstance(call, CallTrace) and call.owner is self else None
         while True:
             try:
-                response = await target.handle_async_request(request)
+                if observed is None:
+                    response = await target.handle_async_request(request)
+                else:
+                    response = await observed.asend(target, request)
             except httpx.TransportError as exc:
                 state, decision = self._on_error(policy, state, request, exc)
                 await self._clock.asleep(decision.delay)

@@ -31,6 +31,8 @@ from connectivity.policies._validate import optional_positive
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.deadline import DEADLINE_HEADER, Deadline, _current
 from connectivity.policies.timeout import Timeout
+from connectivity.telemetry import events, semconv
+from connectivity.telemetry.events import emit
 from connectivity.transports._base import Inner, Layer
 
 __all__ = ["TimeoutTransport", "clamp_timeouts", "deadline_aware"]
@@ -146,6 +148,10 @@ class TimeoutTransport(Layer):
             if own is not None and own < left:
                 ambient = None  # our own limit is tighter
             elif left <= 0:
+                emit(
+                    events.DEADLINE_EXCEEDED,
+                    {semconv.CONNECTIVITY_REASON: "deadline", semconv.CONNECTIVITY_DELAY: 0.0},
+                )
                 raise DeadlineExceededError("deadline exceeded before the request was sent", request=request)
         if ambient is not None:
             deadline = ambient
@@ -174,6 +180,13 @@ class TimeoutTransport(Layer):
 
     @staticmethod
     def _error(request: httpx.Request, deadline: Deadline, seconds: float) -> httpx.TimeoutException:
+        emit(
+            events.DEADLINE_EXCEEDED,
+            {
+                semconv.CONNECTIVITY_REASON: "per-try" if deadline.attempt_only else "deadline",
+                semconv.CONNECTIVITY_DELAY: seconds,
+            },
+        )
         if deadline.attempt_only:
             return PerTryTimeoutError(
                 f"attempt exceeded its per-try timeout of {seconds:g} s", request=request, timeout=seconds
