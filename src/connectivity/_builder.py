@@ -14,6 +14,7 @@ from connectivity.policies.hedge import Hedge
 from connectivity.policies.retry import Retry
 from connectivity.policies.timeout import Timeout
 from connectivity.telemetry.otel import Telemetry, track_budget
+from connectivity.telemetry.redaction import redact_httpx_logs
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.hedging import HedgingTransport
@@ -70,6 +71,7 @@ def transport(
     """
     limits = _timeout(timeout)
     policy = _retry(retry, clock)
+    redact_httpx_logs()  # httpx logs every request's full URL, credentials and tokens included
     per_try = limits.per_try
     if policy is not None and policy.per_try_timeout is not None:
         if per_try is not None:

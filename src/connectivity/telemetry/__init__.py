@@ -9,18 +9,26 @@ from __future__ import annotations
 from connectivity.telemetry import events, semconv
 from connectivity.telemetry.events import emit, subscribe
 from connectivity.telemetry.otel import SCOPE, Telemetry, track_budget
-from connectivity.telemetry.redaction import DEFAULT_REDACTION, REDACTED, Redaction
+from connectivity.telemetry.redaction import (
+    DEFAULT_REDACTION,
+    REDACTED,
+    RedactingFilter,
+    Redaction,
+    redact_httpx_logs,
+)
 from connectivity.telemetry.request_id import current_request_id
 
 __all__ = [
     "DEFAULT_REDACTION",
     "REDACTED",
     "SCOPE",
+    "RedactingFilter",
     "Redaction",
     "Telemetry",
     "current_request_id",
     "emit",
     "events",
+    "redact_httpx_logs",
     "semconv",
     "subscribe",
     "track_budget",

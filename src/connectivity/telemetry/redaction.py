@@ -11,13 +11,23 @@ Only *values* are replaced (by ``REDACTED``): names stay, so a reader still sees
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from connectivity.errors import ConfigError
 
-__all__ = ["DEFAULT_HEADERS", "DEFAULT_QUERY_PARAMS", "DEFAULT_REDACTION", "REDACTED", "Redaction"]
+__all__ = [
+    "DEFAULT_HEADERS",
+    "DEFAULT_QUERY_PARAMS",
+    "DEFAULT_REDACTION",
+    "REDACTED",
+    "Redaction",
+    "RedactingFilter",
+    "redact_httpx_logs",
+]
 
 REDACTED = "REDACTED"
 
@@ -161,3 +171,45 @@ class Redaction:
 
 DEFAULT_REDACTION = Redaction()
 """The policy used when none is given."""
+
+_filter_lock = threading.Lock()
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts URLs in the arguments of records (as httpx logs every request's URL).
+
+    Args:
+        redaction: The policy to apply (default: :data:`DEFAULT_REDACTION`).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, redaction: Redaction = DEFAULT_REDACTION) -> None:
+        super().__init__()
+        self.redaction = redaction
+
+    def _clean(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.redaction.url(value) if "://" in value else value
+        if type(value).__name__ == "URL" and "://" in (text := str(value)):  # httpx.URL, without importing httpx
+            return self.redaction.url(text)
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(self._clean(value) for value in args)
+        elif isinstance(args, dict):
+            record.args = {key: self._clean(value) for key, value in args.items()}
+        return True
+
+
+def redact_httpx_logs(redaction: Redaction = DEFAULT_REDACTION) -> None:
+    """Install a :class:`RedactingFilter` on the ``httpx`` logger (once), which logs each request's full URL.
+
+    :func:`connectivity.transport` calls it, so credentials and tokens in URLs never reach httpx's log lines.
+    """
+    logger = logging.getLogger("httpx")
+    with _filter_lock:
+        if not any(isinstance(existing, RedactingFilter) for existing in logger.filters):
+            logger.addFilter(RedactingFilter(redaction))

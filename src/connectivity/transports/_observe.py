@@ -122,7 +122,7 @@ class CallTrace:
 
     # -- attempts --------------------------------------------------------------------------------------------
 
-    def _start(self, request: httpx.Request) -> tuple[dict[str, Any], trace_api.Span | None, float]:
+    def _start(self, request: httpx.Request) -> tuple[dict[str, Any], trace_api.Span | None, float, httpx.URL]:
         attributes = request_attributes(request, self.redaction)
         number = int(request.extensions.get(ATTEMPT, 1))
         self._attempts.append(number)
@@ -137,18 +137,26 @@ class CallTrace:
             propagate.inject(request.headers, context=trace_api.set_span_in_context(span))
         if self.meters is not None:
             self.meters.client_active.add(1, {key: attributes[key] for key in _METRIC_KEYS})
-        return attributes, span, perf_counter()
+        return attributes, span, perf_counter(), request.url
 
     def _end(
         self,
-        attributes: dict[str, Any],
-        span: trace_api.Span | None,
-        started: float,
+        request: httpx.Request,
+        opened: tuple[dict[str, Any], trace_api.Span | None, float, httpx.URL],
         response: httpx.Response | None,
         error: BaseException | None,
     ) -> None:
+        attributes, span, started, url = opened
+        at_start = attributes
         elapsed = perf_counter() - started
         outcome: dict[str, Any] = {}
+        if request.url is not url:
+            # A layer below (a balancer) sent the attempt elsewhere: record where it really went.
+            moved = request_attributes(request, self.redaction)
+            outcome.update(
+                (key, moved[key]) for key in (semconv.SERVER_ADDRESS, semconv.SERVER_PORT, semconv.URL_FULL)
+            )
+            attributes = {**attributes, **outcome}
         if response is not None:
             status = response.status_code
             outcome[semconv.HTTP_RESPONSE_STATUS_CODE] = status
@@ -165,29 +173,29 @@ class CallTrace:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
         if self.meters is not None:
+            self.meters.client_active.add(-1, {key: at_start[key] for key in _METRIC_KEYS})
             metric = {key: attributes[key] for key in _METRIC_KEYS}
-            self.meters.client_active.add(-1, metric)
-            metric.update(outcome)
+            metric.update((key, value) for key, value in outcome.items() if key != semconv.URL_FULL)
             self.meters.client_duration.record(elapsed, metric)
 
     def send(self, target: httpx.BaseTransport, request: httpx.Request) -> httpx.Response:
         """Make one attempt through ``target``, observed."""
-        attributes, span, started = self._start(request)
+        opened = self._start(request)
         try:
             response = target.handle_request(request)
         except BaseException as exc:
-            self._end(attributes, span, started, None, exc)
+            self._end(request, opened, None, exc)
             raise
-        self._end(attributes, span, started, response, None)
+        self._end(request, opened, response, None)
         return response
 
     async def asend(self, target: httpx.AsyncBaseTransport, request: httpx.Request) -> httpx.Response:
         """Make one attempt through ``target``, observed (async)."""
-        attributes, span, started = self._start(request)
+        opened = self._start(request)
         try:
             response = await target.handle_async_request(request)
         except BaseException as exc:
-            self._end(attributes, span, started, None, exc)
+            self._end(request, opened, None, exc)
             raise
-        self._end(attributes, span, started, response, None)
+        self._end(request, opened, response, None)
         return response
