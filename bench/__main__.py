@@ -1,4 +1,4 @@
-"""``python -m bench [overhead|e2e|instructions|all] [--quick]``: run benchmarks, write bench/results/*.json."""
+"""``python -m bench [overhead|e2e|tracing|instructions|all]``: run benchmarks, write bench/results/*.json."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, instructions, overhead
+from bench import e2e, instructions, overhead, tracing
 
-_BENCHMARKS = ("overhead", "e2e", "instructions")
+_BENCHMARKS = ("overhead", "e2e", "tracing", "instructions")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rounds=args.rounds,
                     requests=args.count,
                     results_dir=args.results_dir,
+                )
+            )
+        elif name == "tracing":
+            results.append(
+                tracing.run(
+                    quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir
                 )
             )
         else:

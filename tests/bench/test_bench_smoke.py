@@ -117,3 +117,28 @@ def test_instructions_quick_under_callgrind_writes_json_with_the_expected_keys(
         assert len(process["segments_ir"]) == 2
         assert process["marker_ir"] >= 0
     assert "connectivity (full) <= 1.02x httpx" in mode["checks"]
+
+
+def test_tracing_quick_writes_json_with_both_measurements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("opentelemetry.sdk")
+    pytest.importorskip("opentelemetry.instrumentation.httpx")
+    monkeypatch.syspath_prepend(str(_ROOT))
+    from bench.__main__ import main
+
+    # Quick numbers are noise: only the shape of the results is checked, never a verdict.
+    main(["tracing", "--quick", "--rounds", "1", "--count", "5", "--results-dir", str(tmp_path)])
+
+    results = json.loads((tmp_path / "tracing.json").read_text(encoding="utf-8"))
+    assert results["benchmark"] == "tracing"
+    assert set(results["no_sdk_in_memory"]) == {"sync", "async"}
+    for mode in ("sync", "async"):
+        e2e = results["with_sdk_e2e"][mode]
+        assert {"httpx", "otel-httpx", "connectivity tracing", "connectivity full"} <= e2e.keys()
+        assert e2e["otel-httpx"]["vs_otel_httpx"] == 1.0
+    assert len(results["checks"]) == 4
+    out = capsys.readouterr().out
+    assert "tracing, no SDK, sync" in out
+    assert "tracing with the SDK, async" in out

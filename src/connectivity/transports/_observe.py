@@ -82,7 +82,18 @@ class CallTrace:
         span: The call's logical span, or ``None`` when tracing does not record.
     """
 
-    __slots__ = ("_attempts", "_context", "_tracer", "base", "events", "meters", "owner", "redaction", "span")
+    __slots__ = (
+        "_attempts",
+        "_context",
+        "_tracer",
+        "_url",
+        "base",
+        "events",
+        "meters",
+        "owner",
+        "redaction",
+        "span",
+    )
 
     def __init__(
         self,
@@ -92,6 +103,7 @@ class CallTrace:
         redaction: Redaction,
         span: trace_api.Span | None,
         base: Mapping[str, Any],
+        url: httpx.URL | None = None,
     ) -> None:
         self.owner = owner
         self._tracer = tracer
@@ -100,6 +112,7 @@ class CallTrace:
         self.span = span
         self._context: Context | None = None if span is None else trace_api.set_span_in_context(span)
         self.base = base
+        self._url = url
         self._attempts: list[int] = []  # append is atomic: sync hedging attempts run in worker threads
         self.events: list[tuple[str, Mapping[str, AttributeValue]]] = []
 
@@ -123,7 +136,9 @@ class CallTrace:
     # -- attempts --------------------------------------------------------------------------------------------
 
     def _start(self, request: httpx.Request) -> tuple[dict[str, Any], trace_api.Span | None, float, httpx.URL]:
-        attributes = request_attributes(request, self.redaction)
+        url = request.url
+        # The call's attributes are the first attempt's, unless a layer has sent this attempt elsewhere.
+        attributes = dict(self.base) if url is self._url else request_attributes(request, self.redaction)
         number = int(request.extensions.get(ATTEMPT, 1))
         self._attempts.append(number)
         if number > 1:
@@ -137,7 +152,7 @@ class CallTrace:
             propagate.inject(request.headers, context=trace_api.set_span_in_context(span))
         if self.meters is not None:
             self.meters.client_active.add(1, {key: attributes[key] for key in _METRIC_KEYS})
-        return attributes, span, perf_counter(), request.url
+        return attributes, span, perf_counter(), url
 
     def _end(
         self,

@@ -111,7 +111,7 @@ class TracingTransport(Layer):
         span = None
         if tracer is not None:
             span = tracer.start_span(f"{request.method} call", kind=SpanKind.INTERNAL, attributes=base)
-        call = CallTrace(self._owner, tracer, meters, telemetry.redaction, span, base)
+        call = CallTrace(self._owner, tracer, meters, telemetry.redaction, span, base, request.url)
         return call, _CALL.set(call), perf_counter()
 
     @staticmethod
