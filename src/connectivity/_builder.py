@@ -57,7 +57,8 @@ def transport(
             ``False`` leaves the layer out.
         access_log: ``True`` logs one record per call to the ``connectivity.access`` logger; a logger logs there.
         request_id: Copy the current inbound request id into ``x-request-id`` (default on, as in Envoy).
-        name: The client's name: labels its retry budget in ``connectivity.retry_budget.remaining``.
+        name: The client's name: registers the stack with the status app (:mod:`connectivity.admin`, under
+            ``/clients``) and labels its retry budget in ``connectivity.retry_budget.remaining``.
         clock: Time source for every layer (inject a ``FakeClock`` in tests).
 
     Returns:
@@ -115,6 +116,9 @@ def transport(
             raise ConfigError("transport.name", name, "must be a non-empty string")
         if policy is not None and policy.budget is not None:
             track_budget(policy.budget, name)
+        from connectivity.admin.registry import register_client
+
+        register_client(name, outer)
     return outer
 
 

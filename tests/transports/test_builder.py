@@ -157,3 +157,30 @@ def test_attempt_numbers_are_unique_across_retries_and_hedges(send: Sender) -> N
     assert [r.headers.get("x-connectivity-attempt") for r in script.requests] == [None, "2", "3"]
     record = response.extensions["connectivity"]
     assert record.attempts == 2  # the retry layer's count: the first hedged group, then one retry
+
+
+def test_a_named_stack_shows_in_the_status_registry_live() -> None:
+    from connectivity import admin
+
+    budget = cx.RetryBudget(ratio=0.0, min_per_second=0.1, ttl=10.0)
+    transport = cx.transport(ScriptedTransport([503, 200]), retry=cx.Retry(budget=budget), name="builder-orders")
+    layers_shown = admin.snapshot("clients")["clients"]["builder-orders"]["layers"]  # type: ignore[index]
+    assert [layer["type"] for layer in layers_shown] == [
+        "TracingTransport",
+        "RequestIDTransport",
+        "TimeoutTransport",
+        "RetryTransport",
+        "ScriptedTransport",
+    ]
+    assert layers_shown[3]["budget"]["remaining"] == 1.0
+    with httpx.Client(transport=transport) as client:
+        assert client.get("http://upstream/").status_code == 200  # one retry, withdrawn from the budget
+    retry_shown = admin.snapshot("clients")["clients"]["builder-orders"]["layers"][3]  # type: ignore[index]
+    assert retry_shown["budget"]["remaining"] == 0.0
+
+
+def test_bad_names_and_telemetry_are_config_errors() -> None:
+    with pytest.raises(cx.ConfigError, match=r"transport\.name"):
+        cx.transport(name="")
+    with pytest.raises(cx.ConfigError, match=r"transport\.telemetry"):
+        cx.transport(telemetry="yes")  # type: ignore[arg-type]

@@ -229,3 +229,22 @@ def test_a_failing_listener_never_breaks_the_call(
     assert "listener bug" in caplog.text
     events.emit(events.RETRY_SCHEDULED, {})
     assert heard == [events.RETRY_SCHEDULED]  # unsubscribed
+
+
+def test_a_named_clients_budget_is_a_gauge(otel: Otel) -> None:
+    budget = cx.RetryBudget(ratio=0.0, min_per_second=0.2, ttl=10.0)
+    clock = FakeClock()
+    transport = cx.transport(
+        ScriptedTransport([503, 200], clock=clock),
+        retry=cx.Retry(budget=budget),
+        telemetry=otel.telemetry(),
+        name="gauge-orders",
+        clock=clock,
+    )
+    with httpx.Client(transport=transport) as client:
+        assert client.get("http://upstream/").status_code == 200
+    points = {
+        point.attributes["connectivity.budget"]: point.value
+        for point in otel.metrics()[semconv.METRIC_BUDGET_REMAINING]
+    }
+    assert points["gauge-orders"] == 1.0  # 2 allowed, 1 spent on the retry

@@ -66,21 +66,25 @@ def _global_meter_provider() -> metrics_api.MeterProvider | None:
     return provider
 
 
-# Budgets whose balance the `connectivity.retry_budget.remaining` gauge reports, with the name to report.
-_budgets: weakref.WeakKeyDictionary[RetryBudget, str] = weakref.WeakKeyDictionary()
+# Budgets whose balance the `connectivity.retry_budget.remaining` gauge reports, by name (one per client name:
+# a frozen, slotted budget cannot be weakly referenced, and names are few).
+_budgets: dict[str, RetryBudget] = {}
 _budgets_lock = threading.Lock()
 
 
 def track_budget(budget: RetryBudget, name: str) -> None:
-    """Report ``budget``'s balance in ``connectivity.retry_budget.remaining{connectivity.budget=name}``."""
+    """Report ``budget``'s balance in ``connectivity.retry_budget.remaining{connectivity.budget=name}``.
+
+    A later budget tracked under the same name replaces the earlier one.
+    """
     with _budgets_lock:
-        _budgets[budget] = name
+        _budgets[name] = budget
 
 
 def _observe_budgets(options: CallbackOptions) -> Iterable[Observation]:
     with _budgets_lock:
         tracked = list(_budgets.items())
-    return [Observation(budget.balance(), {"connectivity.budget": name}) for budget, name in tracked]
+    return [Observation(budget.balance(), {"connectivity.budget": name}) for name, budget in tracked]
 
 
 class Meters:

@@ -86,6 +86,14 @@ class HedgingTransport(Layer):
         """The default policy."""
         return self._hedge
 
+    def describe(self) -> dict[str, object]:
+        """What the status app shows for this layer."""
+        return {
+            "delay_s": self._hedge.delay,
+            "max_extra": self._hedge.max_extra,
+            "methods": sorted(self._hedge.methods),
+        }
+
     def _policy(self, request: httpx.Request) -> Hedge | None:
         hedge: Hedge | None = request.extensions.get(_OVERRIDE, self._hedge)
         if not hedge:  # `False` or `None` turns hedging off for this request

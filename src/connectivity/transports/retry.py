@@ -76,6 +76,26 @@ class RetryTransport(Layer):
         """The default policy."""
         return self._retry
 
+    def describe(self) -> dict[str, object]:
+        """What the status app shows for this layer: the policy, and the budget's balance right now."""
+        policy = self._retry
+        described: dict[str, object] = {
+            "attempts": policy.attempts,
+            "retry_on": sorted(policy.retry_on),
+            "statuses": sorted(policy.statuses),
+            "methods": sorted(policy.methods),
+            "per_try_timeout_s": policy.per_try_timeout,
+            "retry_after_cap_s": policy.retry_after_cap,
+        }
+        if policy.budget is not None:
+            described["budget"] = {
+                "ratio": policy.budget.ratio,
+                "min_per_second": policy.budget.min_per_second,
+                "ttl_s": policy.budget.ttl,
+                "remaining": round(policy.budget.balance(), 3),
+            }
+        return described
+
     def _per_try_layer(self, policy: Retry) -> TimeoutTransport:
         assert policy.per_try_timeout is not None
         layer = self._per_try.get(policy.per_try_timeout)

@@ -132,6 +132,15 @@ class TimeoutTransport(Layer):
         # other transport an async call gets a cancel scope that fires at the limit.
         self._at_socket = deadline_aware(inner)
 
+    def describe(self) -> dict[str, object]:
+        """What the status app shows for this layer."""
+        return {
+            "timeout_s": self._timeout,
+            "kind": "per-try" if self._per_try else "total",
+            "propagate": self._propagate,
+            "enforced_at_socket": self._at_socket,
+        }
+
     def _open(
         self, request: httpx.Request
     ) -> tuple[Deadline, float, float, object, Token[Deadline | None] | None] | None:
