@@ -93,3 +93,59 @@ def test_no_secret_reaches_a_span_a_metric_a_log_or_an_error(
     assert access[0]["url"].endswith("/pay?token=REDACTED&page=2")
     assert access[0]["trace_id"] == f"{otel.spans()[3].context.trace_id:032x}"
     assert access[1]["error"] == "RetriesExhaustedError"
+
+
+@pytest.mark.anyio
+async def test_client_to_service_a_to_service_b_is_one_trace(otel: InMemoryTelemetry) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from connectivity.middleware import RequestIDMiddleware, TracingMiddleware
+    from connectivity.testing.server import serve
+
+    async def leaf(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"b saw request id {request.headers.get('x-request-id')}")
+
+    b_app = RequestIDMiddleware(
+        TracingMiddleware(Starlette(routes=[Route("/leaf", leaf)]), telemetry=otel.telemetry())
+    )
+    with serve(b_app, name="service-b") as service_b:
+        outbound = cx.transport(telemetry=otel.telemetry())
+
+        async def front(request: Request) -> PlainTextResponse:
+            async with httpx.AsyncClient(transport=outbound) as client:  # type: ignore[arg-type]
+                answer = await client.get(f"{service_b.url}/leaf")
+            return PlainTextResponse(answer.text)
+
+        a_app = RequestIDMiddleware(
+            TracingMiddleware(Starlette(routes=[Route("/front", front)]), telemetry=otel.telemetry())
+        )
+        with serve(a_app, name="service-a") as service_a:
+            async with httpx.AsyncClient(transport=cx.transport(telemetry=otel.telemetry())) as client:
+                response = await client.get(f"{service_a.url}/front", headers={"x-request-id": "chain-1"})
+            assert response.text == "b saw request id chain-1"  # the id crossed the hop too
+            # client: logical + attempt; A: server + logical + attempt; B: server.
+            spans = otel.wait_for_spans(6)
+
+    assert len({span.context.trace_id for span in spans}) == 1
+    by_id = {span.context.span_id: span for span in spans}
+
+    def chain(span: object) -> list[str]:
+        names = []
+        while span is not None:
+            names.append(f"{span.kind.name}:{span.name}")  # type: ignore[attr-defined]
+            parent = span.parent  # type: ignore[attr-defined]
+            span = by_id.get(parent.span_id) if parent is not None else None
+        return names
+
+    (b_server,) = [span for span in spans if span.kind is SpanKind.SERVER and span.name == "GET /leaf"]
+    assert chain(b_server) == [
+        "SERVER:GET /leaf",
+        "CLIENT:GET",
+        "INTERNAL:GET call",
+        "SERVER:GET /front",
+        "CLIENT:GET",
+        "INTERNAL:GET call",
+    ]

@@ -18,6 +18,7 @@ __all__ = [
     "CONNECTIVITY_DELAY",
     "CONNECTIVITY_ENDPOINT",
     "CONNECTIVITY_REASON",
+    "CONNECTIVITY_REQUEST_ID",
     "CONNECTIVITY_STATE_FROM",
     "CONNECTIVITY_STATE_TO",
     "ERROR_TYPE",
@@ -95,6 +96,7 @@ CONNECTIVITY_ENDPOINT: Final = "connectivity.endpoint"
 CONNECTIVITY_BREAKER: Final = "connectivity.breaker"
 CONNECTIVITY_STATE_FROM: Final = "connectivity.state.from"
 CONNECTIVITY_STATE_TO: Final = "connectivity.state.to"
+CONNECTIVITY_REQUEST_ID: Final = "connectivity.request_id"
 
 METRIC_CALL_DURATION: Final = "connectivity.client.call.duration"
 METRIC_RETRIES: Final = "connectivity.client.retries"

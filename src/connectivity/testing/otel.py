@@ -7,6 +7,8 @@ providers can be set only once per process, so tests that set them leak into eac
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from connectivity.telemetry.otel import Telemetry
@@ -32,15 +34,26 @@ class InMemoryTelemetry:
         try:
             from opentelemetry.sdk.metrics import MeterProvider
             from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
             from opentelemetry.sdk.trace.export import SimpleSpanProcessor
             from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("InMemoryTelemetry needs opentelemetry-sdk: pip install opentelemetry-sdk") from exc
 
         self._exporter = InMemorySpanExporter()
+        self._ended = threading.Condition()
         self.tracer_provider = TracerProvider()
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self._exporter))
+        ended = self._ended
+
+        class Notify(SpanProcessor):
+            """Wakes :meth:`wait_for_spans` whenever a span ends."""
+
+            def on_end(self, span: Any) -> None:
+                with ended:
+                    ended.notify_all()
+
+        self.tracer_provider.add_span_processor(Notify())
         self._reader = InMemoryMetricReader()
         self.meter_provider = MeterProvider(metric_readers=[self._reader])
 
@@ -53,6 +66,22 @@ class InMemoryTelemetry:
     def spans(self) -> list[Any]:
         """Finished spans (SDK ``ReadableSpan``), in the order they ended."""
         return list(self._exporter.get_finished_spans())
+
+    def wait_for_spans(self, count: int, *, timeout: float = 5.0) -> list[Any]:
+        """The finished spans once at least ``count`` have ended (a server ends its span after responding).
+
+        Raises:
+            TimeoutError: Fewer than ``count`` spans ended within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._ended:
+            while len(self._exporter.get_finished_spans()) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    ended = len(self._exporter.get_finished_spans())
+                    raise TimeoutError(f"{ended} span(s) ended within {timeout} s, expected {count}")
+                self._ended.wait(left)
+        return self.spans()
 
     def clear(self) -> None:
         """Forget the finished spans."""

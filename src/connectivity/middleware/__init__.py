@@ -1,0 +1,20 @@
+"""Inbound middleware: pure ASGI layers for the requests a service receives.
+
+Each concern is one class, usable with any ASGI framework (Starlette, FastAPI, ...). None of them uses
+``BaseHTTPMiddleware``: they wrap ``send`` to observe the response, so context variables and background tasks
+keep working. Non-HTTP scopes (lifespan, websocket) pass straight through.
+
+A typical stack, outermost first::
+
+    app = RequestIDMiddleware(TracingMiddleware(AccessLogMiddleware(app, telemetry=t), telemetry=t))
+
+The request id is then current for the span and the log record, and the log record carries the span's ids.
+"""
+
+from __future__ import annotations
+
+from connectivity.middleware.access_log import AccessLogMiddleware
+from connectivity.middleware.request_id import RequestIDMiddleware
+from connectivity.middleware.tracing import TracingMiddleware
+
+__all__ = ["AccessLogMiddleware", "RequestIDMiddleware", "TracingMiddleware"]
