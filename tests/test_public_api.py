@@ -1,7 +1,10 @@
 """The public surface is pinned: adding or removing a name is a deliberate change made here too."""
 
 import connectivity
+import connectivity.admin
+import connectivity.middleware
 import connectivity.policies
+import connectivity.telemetry
 import connectivity.testing
 import connectivity.transports
 
@@ -36,8 +39,65 @@ def test_all_is_the_sorted_set_of_public_names() -> None:
     assert connectivity.__all__ == PUBLIC
 
 
+SUBPACKAGES = {
+    connectivity.transports: [
+        "AccessLogTransport",
+        "CallRecord",
+        "EXTENSION",
+        "HTTPTransport",
+        "HedgingTransport",
+        "Inner",
+        "Layer",
+        "RequestIDTransport",
+        "RetryTransport",
+        "TimeoutTransport",
+        "TracingTransport",
+        "failure_kind",
+    ],
+    connectivity.middleware: ["AccessLogMiddleware", "RequestIDMiddleware", "TracingMiddleware"],
+    connectivity.telemetry: [
+        "DEFAULT_REDACTION",
+        "REDACTED",
+        "RedactingFilter",
+        "Redaction",
+        "SCOPE",
+        "Telemetry",
+        "current_request_id",
+        "emit",
+        "events",
+        "redact_httpx_logs",
+        "semconv",
+        "subscribe",
+        "track_budget",
+    ],
+    connectivity.admin: [
+        "ASGIApp",
+        "KINDS",
+        "REGISTRY",
+        "Registry",
+        "StatusSource",
+        "app",
+        "describe",
+        "register",
+        "register_client",
+        "snapshot",
+    ],
+}
+
+
+def test_subpackages_export_exactly_their_pinned_names() -> None:
+    for module, names in SUBPACKAGES.items():
+        assert sorted(module.__all__) == sorted(names), module.__name__
+
+
 def test_every_exported_name_exists() -> None:
-    for module in (connectivity, connectivity.policies, connectivity.transports, connectivity.testing):
+    for module in (
+        connectivity,
+        connectivity.policies,
+        connectivity.transports,
+        connectivity.testing,
+        *SUBPACKAGES,
+    ):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
 
