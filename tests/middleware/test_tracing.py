@@ -457,3 +457,25 @@ def test_constructor_checks_its_arguments() -> None:
         TracingMiddleware("not an app")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="telemetry"):
         TracingMiddleware(app, telemetry="otel")  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_inside_fastapis_native_telemetry_there_is_one_server_span(otel: Any) -> None:
+    import inspect
+
+    from fastapi import FastAPI
+
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        pytest.skip("this FastAPI has no native telemetry")
+    app = FastAPI(telemetry={"tracer_provider": otel.tracer_provider, "metrics": False, "logs": False})
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    app.add_middleware(TracingMiddleware, telemetry=otel.telemetry())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as client:
+        assert (await client.get("/items/3?token=s3cr3t")).status_code == 200
+    (span,) = server_spans(otel)
+    assert span.attributes[ROUTE] == "/items/{item_id}"
+    assert "s3cr3t" not in json.dumps(dict(span.attributes))
