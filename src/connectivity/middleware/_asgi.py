@@ -145,15 +145,8 @@ def request_id_of(scope: Scope) -> str | None:
 
 
 # -- errors ---------------------------------------------------------------------------------------------------
-def is_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` is the event loop cancelling the request (asyncio or trio), which is not an app failure."""
-    return type(exc).__qualname__ in ("CancelledError", "Cancelled")
-
-
-def error_type(exc: BaseException) -> str:
-    """The low-cardinality ``error.type`` of an exception: its class's qualified name; ``cancelled`` for a
-    cancellation (the outbound layers' convention)."""
-    return "cancelled" if is_cancellation(exc) else type(exc).__qualname__
+is_cancellation = semconv.is_cancellation
+error_type = semconv.error_type
 
 
 # -- route ----------------------------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ __all__ = [
     "URL_SCHEME",
     "USER_AGENT_ORIGINAL",
     "DURATION_BUCKETS",
+    "CANCELLED",
+    "error_type",
+    "is_cancellation",
 ]
 
 # -- stable HTTP semantic conventions -------------------------------------------------------------------------
@@ -110,3 +113,17 @@ METRIC_RATE_LIMIT_DECISIONS: Final = "connectivity.rate_limit.decisions"
 METRIC_CONCURRENCY_REJECTIONS: Final = "connectivity.concurrency.rejections"
 METRIC_ENDPOINT_PICKS: Final = "connectivity.endpoint.picks"
 METRIC_ENDPOINT_EJECTIONS: Final = "connectivity.endpoint.ejections"
+
+
+CANCELLED: Final = "cancelled"
+"""``error.type`` of a call or request cancelled by its own side (a hedge that lost, a client that went away)."""
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the event loop cancelling the work (asyncio or trio): never a failure of the peer."""
+    return type(exc).__qualname__ in ("CancelledError", "Cancelled")
+
+
+def error_type(exc: BaseException) -> str:
+    """The low-cardinality ``error.type`` of an exception: its class name, or :data:`CANCELLED`."""
+    return CANCELLED if is_cancellation(exc) else type(exc).__qualname__

@@ -27,7 +27,14 @@ from connectivity.telemetry.otel import Meters
 from connectivity.telemetry.redaction import Redaction
 from connectivity.transports._outcome import ATTEMPT
 
-__all__ = ["CallTrace", "error_type", "protocol_version", "request_attributes"]
+__all__ = [
+    "CallTrace",
+    "end_span",
+    "outcome_attributes",
+    "protocol_version",
+    "request_attributes",
+    "span_name",
+]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # Attributes of http.client.request.duration, from the request's attributes (the rest are response-side).
@@ -66,12 +73,34 @@ def protocol_version(response: httpx.Response) -> str | None:
     return text.removeprefix("HTTP/") or None
 
 
-def error_type(exc: BaseException) -> str:
-    """The low-cardinality ``error.type`` of an exception: its class name; ``cancelled`` for a cancellation."""
-    name = type(exc).__qualname__
-    if name in ("CancelledError", "Cancelled"):
-        return "cancelled"
-    return name
+def span_name(method: str) -> str:
+    """The conventions' span name: the method, or ``HTTP`` for a method outside the known set."""
+    return method if method in semconv.KNOWN_METHODS else "HTTP"
+
+
+def outcome_attributes(response: httpx.Response | None, error: BaseException | None) -> dict[str, Any]:
+    """The attributes known once a request ended: status, protocol version, ``error.type`` (status >= 400)."""
+    outcome: dict[str, Any] = {}
+    if response is not None:
+        status = response.status_code
+        outcome[semconv.HTTP_RESPONSE_STATUS_CODE] = status
+        version = protocol_version(response)
+        if version is not None:
+            outcome[semconv.NETWORK_PROTOCOL_VERSION] = version
+        if status >= 400:
+            outcome[semconv.ERROR_TYPE] = str(status)
+    elif error is not None:
+        outcome[semconv.ERROR_TYPE] = semconv.error_type(error)
+    return outcome
+
+
+def end_span(span: trace_api.Span, outcome: dict[str, Any]) -> None:
+    """Record the outcome on ``span`` and end it (a cancellation is not an error)."""
+    span.set_attributes(outcome)
+    failure = outcome.get(semconv.ERROR_TYPE)
+    if failure is not None and failure != semconv.CANCELLED:
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
 
 
 class CallTrace:
@@ -146,7 +175,7 @@ class CallTrace:
         span = None
         if self._tracer is not None:
             span = self._tracer.start_span(
-                request.method, context=self._context, kind=SpanKind.CLIENT, attributes=attributes
+                span_name(request.method), context=self._context, kind=SpanKind.CLIENT, attributes=attributes
             )
             # Each attempt carries its own span id upstream (a retry overwrites the previous attempt's header).
             propagate.inject(request.headers, context=trace_api.set_span_in_context(span))
@@ -172,21 +201,9 @@ class CallTrace:
                 (key, moved[key]) for key in (semconv.SERVER_ADDRESS, semconv.SERVER_PORT, semconv.URL_FULL)
             )
             attributes = {**attributes, **outcome}
-        if response is not None:
-            status = response.status_code
-            outcome[semconv.HTTP_RESPONSE_STATUS_CODE] = status
-            version = protocol_version(response)
-            if version is not None:
-                outcome[semconv.NETWORK_PROTOCOL_VERSION] = version
-            if status >= 400:
-                outcome[semconv.ERROR_TYPE] = str(status)
-        elif error is not None:
-            outcome[semconv.ERROR_TYPE] = error_type(error)
+        outcome.update(outcome_attributes(response, error))
         if span is not None:
-            span.set_attributes(outcome)
-            if semconv.ERROR_TYPE in outcome and outcome[semconv.ERROR_TYPE] != "cancelled":
-                span.set_status(Status(StatusCode.ERROR))
-            span.end()
+            end_span(span, outcome)
         if self.meters is not None:
             self.meters.client_active.add(-1, {key: at_start[key] for key in _METRIC_KEYS})
             metric = {key: attributes[key] for key in _METRIC_KEYS}

@@ -10,11 +10,12 @@ import httpx
 from opentelemetry import trace as trace_api
 
 from connectivity.errors import RetriesExhaustedError
+from connectivity.telemetry import semconv
 from connectivity.telemetry.events import _CALL
 from connectivity.telemetry.redaction import DEFAULT_REDACTION, Redaction
 from connectivity.telemetry.request_id import _current as _request_id
 from connectivity.transports._base import Inner, Layer
-from connectivity.transports._observe import CallTrace, error_type
+from connectivity.transports._observe import CallTrace
 from connectivity.transports._outcome import record_of
 
 __all__ = ["AccessLogTransport"]
@@ -97,7 +98,7 @@ class AccessLogTransport(Layer):
                 endpoint=response.extensions.get("connectivity.endpoint"),
             )
         if error is not None:
-            record["error"] = error_type(error)
+            record["error"] = semconv.error_type(error)
             if isinstance(error, RetriesExhaustedError):
                 record.update(attempts=error.attempts, retry_reasons=list(error.reasons))
         call = _CALL.get()

@@ -21,14 +21,20 @@ from typing import Any
 import httpx
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from connectivity.telemetry import semconv
 from connectivity.telemetry.events import _CALL
 from connectivity.telemetry.otel import Telemetry
 from connectivity.telemetry.redaction import Redaction
 from connectivity.transports._base import Inner, Layer
-from connectivity.transports._observe import CallTrace, error_type, protocol_version, request_attributes
+from connectivity.transports._observe import (
+    CallTrace,
+    end_span,
+    outcome_attributes,
+    request_attributes,
+    span_name,
+)
 from connectivity.transports._outcome import record_of
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.retry import RetryTransport
@@ -110,7 +116,7 @@ class TracingTransport(Layer):
         base = request_attributes(request, telemetry.redaction)
         span = None
         if tracer is not None:
-            span = tracer.start_span(f"{request.method} call", kind=SpanKind.INTERNAL, attributes=base)
+            span = tracer.start_span(f"{span_name(request.method)} call", kind=SpanKind.INTERNAL, attributes=base)
         call = CallTrace(self._owner, tracer, meters, telemetry.redaction, span, base, request.url)
         return call, _CALL.set(call), perf_counter()
 
@@ -120,27 +126,15 @@ class TracingTransport(Layer):
     ) -> None:
         elapsed = perf_counter() - started
         base = call.base
-        outcome: dict[str, Any] = {}
+        outcome = outcome_attributes(response, error)
         if response is not None:
-            status = response.status_code
-            outcome[semconv.HTTP_RESPONSE_STATUS_CODE] = status
-            version = protocol_version(response)
-            if version is not None:
-                outcome[semconv.NETWORK_PROTOCOL_VERSION] = version
-            if status >= 400:
-                outcome[semconv.ERROR_TYPE] = str(status)
             record = record_of(response)
             if record.gave_up is not None:
                 outcome[semconv.CONNECTIVITY_REASON] = record.gave_up
-        elif error is not None:
-            outcome[semconv.ERROR_TYPE] = error_type(error)
         span = call.span
         if span is not None:
-            span.set_attributes(outcome)
             span.set_attribute(semconv.CONNECTIVITY_ATTEMPTS, call.attempts)
-            if semconv.ERROR_TYPE in outcome and outcome[semconv.ERROR_TYPE] != "cancelled":
-                span.set_status(Status(StatusCode.ERROR))
-            span.end()
+            end_span(span, outcome)
         meters = call.meters
         if meters is not None:
             metric = {key: base[key] for key in _METRIC_KEYS}
