@@ -11,7 +11,9 @@ import connectivity.transports
 PUBLIC = [
     "Backoff",
     "CallRecord",
+    "CircuitOpenError",
     "Clock",
+    "ConcurrencyLimitError",
     "ConfigError",
     "ConnectivityError",
     "ConnectivityWarning",

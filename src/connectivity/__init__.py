@@ -20,6 +20,8 @@ from connectivity import policies, transports
 from connectivity._builder import transport
 from connectivity._version import __version__
 from connectivity.errors import (
+    CircuitOpenError,
+    ConcurrencyLimitError,
     ConfigError,
     ConnectivityError,
     ConnectivityWarning,
@@ -45,7 +47,9 @@ from connectivity.transports import CallRecord
 __all__ = [
     "Backoff",
     "CallRecord",
+    "CircuitOpenError",
     "Clock",
+    "ConcurrencyLimitError",
     "ConfigError",
     "ConnectivityError",
     "ConnectivityWarning",

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 
 __all__ = [
+    "CircuitOpenError",
+    "ConcurrencyLimitError",
     "ConfigError",
     "ConnectivityError",
     "ConnectivityWarning",
@@ -105,3 +107,55 @@ class RetriesExhaustedError(OutboundError):
 
 class RetryBudgetExhaustedError(RetriesExhaustedError):
     """A retry was warranted but the retry budget had no room for it; ``__cause__`` is the last error."""
+
+
+class CircuitOpenError(OutboundError):
+    """A circuit breaker refused the call without sending it.
+
+    Attributes:
+        breaker: The breaker's name (and scope key, e.g. ``"orders/10.0.0.7:8080"``).
+        state: ``"open"``, ``"half-open"`` (all probe permits taken) or ``"isolated"``.
+        retry_after: Seconds until the breaker lets a probe through (``None`` when isolated by hand).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        breaker: str = "",
+        state: str = "open",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, request=request)
+        self.breaker = breaker
+        self.state = state
+        self.retry_after = retry_after
+
+
+class ConcurrencyLimitError(OutboundError):
+    """A bulkhead or adaptive concurrency limit rejected the call without sending it.
+
+    Attributes:
+        limiter: The limiter's name.
+        limit: The concurrency limit in force when the call was rejected.
+        reason: ``"full"`` (no slot and no queue room) or ``"queue timeout"`` (waited too long for a slot).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        limiter: str = "",
+        limit: int = 0,
+        reason: str = "full",
+    ) -> None:
+        super().__init__(message, request=request)
+        self.limiter = limiter
+        self.limit = limit
+        self.reason = reason
