@@ -11,6 +11,7 @@ import connectivity.transports
 PUBLIC = [
     "Backoff",
     "CallRecord",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
     "ConcurrencyLimitError",

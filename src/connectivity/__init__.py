@@ -33,6 +33,7 @@ from connectivity.errors import (
 )
 from connectivity.policies import (
     Backoff,
+    CircuitBreaker,
     Clock,
     Deadline,
     Hedge,
@@ -47,6 +48,7 @@ from connectivity.transports import CallRecord
 __all__ = [
     "Backoff",
     "CallRecord",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
     "ConcurrencyLimitError",

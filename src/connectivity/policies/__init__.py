@@ -5,6 +5,7 @@ events and act on their answers. Import them in your own tests to check what a p
 """
 
 from connectivity.policies.backoff import Backoff
+from connectivity.policies.breaker import Circuit, CircuitBreaker, Rejection, Transition
 from connectivity.policies.budget import RetryBudget
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock, SystemClock
 from connectivity.policies.deadline import (
@@ -39,15 +40,19 @@ __all__ = [
     "RESET",
     "SYSTEM_CLOCK",
     "Backoff",
+    "Circuit",
+    "CircuitBreaker",
     "Clock",
     "Deadline",
     "Hedge",
+    "Rejection",
     "Retry",
     "RetryBudget",
     "RetryDecision",
     "RetryState",
     "SystemClock",
     "Timeout",
+    "Transition",
     "current_deadline",
     "deadline",
     "parse_http_date",

@@ -1,0 +1,611 @@
+"""Circuit breaking: stop calling a dependency that keeps failing, probe it, and resume when it recovers.
+
+Theory of operation: a :class:`CircuitBreaker` is frozen configuration plus the :class:`Circuit` objects it hands
+out, one per scope key (the whole client, one host, one endpoint). A circuit is an explicit state machine:
+
+=============  ==========================================  ===============================================
+state          on admit                                    on a recorded outcome
+=============  ==========================================  ===============================================
+``closed``     admit                                       count it; a trip condition holds → ``open``
+``open``       reject, until ``open_for`` has passed;      (late outcomes of older calls are ignored)
+               then → ``half-open`` and admit as a probe
+``half-open``  admit while fewer than ``half_open_permits``  probe failure or slow call → ``open`` (longer);
+               probes are in flight; reject the rest       ``half_open_successes`` successes → ``closed``
+``isolated``   reject (by hand: :meth:`Circuit.isolate`)   ignored; :meth:`Circuit.reset` → ``closed``
+=============  ==========================================  ===============================================
+
+Every transition is a row of :data:`TRANSITIONS`; anything else raises, so a bug cannot invent a state change.
+
+Trip conditions (any may be set; each is checked when a failure or a slow call is recorded, never on a
+success): ``consecutive_failures`` failures in a row (pybreaker, Envoy's consecutive-5xx); a failure ratio at or
+above ``failure_ratio`` over the sliding window once it holds ``minimum_calls`` outcomes (Polly, Resilience4j);
+a slow-call ratio at or above ``slow_call_ratio`` (calls slower than ``slow_call_threshold``, Resilience4j).
+
+The window is either the last ``window`` outcomes (``window_type="count"``) or the last ``window`` seconds
+(``"time"``), kept as :data:`BUCKETS` buckets of ``window / BUCKETS`` seconds each: an outcome counts until the
+bucket it fell in is more than ``BUCKETS - 1`` buckets old (exact at bucket granularity, as Resilience4j's
+one-second aggregation is).
+
+Admission hands out a *ticket* (an int: the circuit's epoch, shifted, plus a probe bit); an outcome is counted
+only if the circuit is still in the epoch that admitted it, so a slow call admitted before the circuit opened
+cannot close or reopen it later. The closed-state path of :meth:`Circuit.admit` takes no lock.
+
+Cancellation is never a failure: record it as :data:`CANCELLED` (a probe's permit is returned, nothing counts).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from connectivity.errors import ConfigError
+from connectivity.policies._validate import finite_positive
+from connectivity.policies.clock import SYSTEM_CLOCK, Clock
+
+__all__ = [
+    "BUCKETS",
+    "CANCELLED",
+    "CLOSED",
+    "FAILURE",
+    "HALF_OPEN",
+    "IGNORED",
+    "ISOLATED",
+    "OPEN",
+    "SLOW_SUCCESS",
+    "SUCCESS",
+    "TRANSITIONS",
+    "Circuit",
+    "CircuitBreaker",
+    "Listener",
+    "Rejection",
+    "Transition",
+]
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half-open"
+ISOLATED = "isolated"
+
+TRANSITIONS = frozenset(
+    {
+        (CLOSED, OPEN),  # a trip condition held
+        (OPEN, HALF_OPEN),  # open_for passed: probe
+        (HALF_OPEN, OPEN),  # a probe failed or was slow
+        (HALF_OPEN, CLOSED),  # enough probes succeeded
+        (CLOSED, ISOLATED),  # isolate()
+        (OPEN, ISOLATED),
+        (HALF_OPEN, ISOLATED),
+        (ISOLATED, CLOSED),  # reset()
+        (OPEN, CLOSED),  # reset() (from half-open: the row above)
+    }
+)
+"""Every allowed ``(from, to)`` state change."""
+
+# Outcomes of a call, as the adapters classify them.
+SUCCESS = 0
+FAILURE = 1
+SLOW_SUCCESS = 2
+"""A success slower than ``slow_call_threshold``: counts as a success and as slow."""
+IGNORED = 3
+"""Neither success nor failure (a 4xx, a 429 unless configured): not counted; a probe's permit is returned."""
+CANCELLED = 4
+"""The caller gave up (cancellation): never a failure; a probe's permit is returned."""
+
+BUCKETS = 10
+"""Buckets of a time-based window."""
+
+Listener = Callable[["Transition"], None]
+
+_log = logging.getLogger("connectivity.breaker")
+_PROBE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A state change of one circuit (given to listeners and returned by ``admit``/``record``).
+
+    Attributes:
+        circuit: The circuit's name (breaker name, plus ``/key`` for a scoped circuit).
+        from_state: The state left.
+        to_state: The state entered.
+        reason: Why (``"failure ratio 0.55 >= 0.5 over 20 calls"``, ``"open for 5 s elapsed"``, ...).
+        open_for: Seconds the circuit stays open (when ``to_state`` is open).
+    """
+
+    circuit: str
+    from_state: str
+    to_state: str
+    reason: str
+    open_for: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a call was not admitted.
+
+    Attributes:
+        circuit: The circuit's name.
+        state: ``open``, ``half-open`` (every probe permit is taken) or ``isolated``.
+        retry_after: Seconds until a probe may be admitted (``None`` when isolated).
+    """
+
+    circuit: str
+    state: str
+    retry_after: float | None
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(name, value, "must be an integer >= 1")
+    return value
+
+
+def _ratio_or_none(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ConfigError(name, value, "must be a number in (0, 1], or None")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CircuitBreaker:
+    """When to stop calling a failing dependency, and how to find out that it has recovered.
+
+    Args:
+        failure_ratio: Trip when failures / (successes + failures) over the window reaches this (``None``: off).
+        minimum_calls: Outcomes the window must hold before a ratio can trip it.
+        window: Seconds (``window_type="time"``) or outcomes (``"count"``) the ratios look back over.
+        window_type: ``"time"`` (a sliding window of seconds) or ``"count"`` (the last ``window`` outcomes).
+        consecutive_failures: Trip after this many failures in a row, whatever the window says (``None``: off).
+        slow_call_threshold: A call slower than this (seconds) is slow (``None``: no slow-call condition).
+        slow_call_ratio: Trip when slow calls / calls reaches this (default 1.0 when a threshold is set).
+        open_for: Seconds the circuit stays open before admitting probes.
+        open_for_max: With a value, each reopening without closing in between doubles ``open_for``, up to this.
+        jitter: Spread each open time by up to this fraction either way (0.1: ±10 %), so replicas do not probe
+            in lockstep.
+        half_open_permits: Probes admitted at once while half-open; further calls are rejected at once.
+        half_open_successes: Successful probes needed to close (default: ``half_open_permits``).
+        failure_statuses: Response statuses that are failures (default: 500-599). 4xx are not; 429 is neither
+            unless listed here.
+        name: Names the breaker in errors, events, metrics and the status app.
+        shadow: Decide and report, but never reject: try a configuration on live traffic first.
+        clock: Time source (inject :class:`~connectivity.testing.FakeClock` in tests).
+
+    Defaults follow Polly / MS.Extensions.Http.Resilience (failure ratio 0.1 there, 0.5 here as in
+    Resilience4j; minimum throughput 100 there, 20 here; window 30 s; break 5 s).
+
+    .. versionadded:: 0.1
+    """
+
+    failure_ratio: float | None = 0.5
+    minimum_calls: int = 20
+    window: float = 30.0
+    window_type: Literal["time", "count"] = "time"
+    consecutive_failures: int | None = None
+    slow_call_threshold: float | None = None
+    slow_call_ratio: float | None = None
+    open_for: float = 5.0
+    open_for_max: float | None = None
+    jitter: float = 0.0
+    half_open_permits: int = 1
+    half_open_successes: int | None = None
+    failure_statuses: frozenset[int] = frozenset(range(500, 600))
+    name: str = "breaker"
+    shadow: bool = False
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False)
+    _registry: _Registry = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _ratio_or_none("CircuitBreaker.failure_ratio", self.failure_ratio)
+        _positive_int("CircuitBreaker.minimum_calls", self.minimum_calls)
+        if self.window_type not in ("time", "count"):
+            raise ConfigError("CircuitBreaker.window_type", self.window_type, "must be 'time' or 'count'")
+        if self.window_type == "count":
+            _positive_int("CircuitBreaker.window", self.window)
+        else:
+            finite_positive("CircuitBreaker.window", self.window)
+        if self.consecutive_failures is not None:
+            _positive_int("CircuitBreaker.consecutive_failures", self.consecutive_failures)
+        if self.slow_call_threshold is not None:
+            finite_positive("CircuitBreaker.slow_call_threshold", self.slow_call_threshold)
+            if self.slow_call_ratio is None:
+                object.__setattr__(self, "slow_call_ratio", 1.0)
+        _ratio_or_none("CircuitBreaker.slow_call_ratio", self.slow_call_ratio)
+        if self.slow_call_ratio is not None and self.slow_call_threshold is None:
+            raise ConfigError("CircuitBreaker.slow_call_ratio", self.slow_call_ratio, "needs slow_call_threshold")
+        if self.failure_ratio is None and self.consecutive_failures is None and self.slow_call_threshold is None:
+            raise ConfigError(
+                "CircuitBreaker.failure_ratio", None, "set at least one trip condition (ratio, consecutive, slow)"
+            )
+        finite_positive("CircuitBreaker.open_for", self.open_for)
+        if self.open_for_max is not None:
+            finite_positive("CircuitBreaker.open_for_max", self.open_for_max)
+            if self.open_for_max < self.open_for:
+                raise ConfigError("CircuitBreaker.open_for_max", self.open_for_max, "must be >= open_for")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
+            raise ConfigError("CircuitBreaker.jitter", self.jitter, "must be a number in [0, 1)")
+        _positive_int("CircuitBreaker.half_open_permits", self.half_open_permits)
+        if self.half_open_successes is None:
+            object.__setattr__(self, "half_open_successes", self.half_open_permits)
+        _positive_int("CircuitBreaker.half_open_successes", self.half_open_successes)
+        statuses = frozenset(self.failure_statuses)
+        if any(isinstance(s, bool) or not isinstance(s, int) or not 100 <= s <= 599 for s in statuses):
+            raise ConfigError(
+                "CircuitBreaker.failure_statuses", self.failure_statuses, "must be HTTP status codes"
+            )
+        object.__setattr__(self, "failure_statuses", statuses)
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError("CircuitBreaker.name", self.name, "must be a non-empty string")
+        object.__setattr__(self, "_registry", _Registry())
+
+    # -- circuits ---------------------------------------------------------------------------------------------
+
+    def circuit(self, key: str = "") -> Circuit:
+        """The circuit for scope ``key`` (``""``: the breaker's single circuit), created on first use."""
+        circuits = self._registry.circuits
+        found = circuits.get(key)
+        if found is not None:
+            return found
+        with self._registry.lock:
+            found = circuits.get(key)
+            if found is None:
+                found = circuits[key] = Circuit(self, f"{self.name}/{key}" if key else self.name)
+            return found
+
+    def circuits(self) -> dict[str, Circuit]:
+        """Every circuit created so far, by key."""
+        return dict(self._registry.circuits)
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(transition)`` on every state change of every circuit; returns the remover.
+
+        A listener that raises is logged and ignored: it can never break a call.
+        """
+        registry = self._registry
+        with registry.lock:
+            if listener not in registry.listeners:  # the same hook added twice is called once
+                registry.listeners = (*registry.listeners, listener)
+
+        def remove() -> None:
+            with registry.lock:
+                registry.listeners = tuple(item for item in registry.listeners if item is not listener)
+
+        return remove
+
+    def isolate(self, key: str | None = None) -> None:
+        """Force circuit ``key`` (every circuit when ``None``, and the main one) open until :meth:`reset`."""
+        for circuit in self._targets(key):
+            circuit.isolate()
+
+    def reset(self, key: str | None = None) -> None:
+        """Close circuit ``key`` (every circuit when ``None``) and forget its window."""
+        for circuit in self._targets(key):
+            circuit.reset()
+
+    def _targets(self, key: str | None) -> list[Circuit]:
+        if key is not None:
+            return [self.circuit(key)]
+        circuits = list(self._registry.circuits.values())
+        return circuits or [self.circuit()]
+
+    def status(self) -> dict[str, object]:
+        """What the status app shows: the configuration and every circuit's state."""
+        return {
+            "shadow": self.shadow,
+            "failure_ratio": self.failure_ratio,
+            "minimum_calls": self.minimum_calls,
+            "window": self.window,
+            "window_type": self.window_type,
+            "consecutive_failures": self.consecutive_failures,
+            "slow_call_threshold_s": self.slow_call_threshold,
+            "open_for_s": self.open_for,
+            "half_open_permits": self.half_open_permits,
+            "circuits": {key or "*": circuit.status() for key, circuit in self.circuits().items()},
+        }
+
+    def classify_status(self, status: int, elapsed: float | None = None) -> int:
+        """The outcome of a response: :data:`FAILURE`, :data:`SUCCESS`, :data:`SLOW_SUCCESS` or :data:`IGNORED`."""
+        if status in self.failure_statuses:
+            return FAILURE
+        if status >= 400:
+            return IGNORED
+        threshold = self.slow_call_threshold
+        if threshold is not None and elapsed is not None and elapsed > threshold:
+            return SLOW_SUCCESS
+        return SUCCESS
+
+
+def _call_listener(listener: Listener, transition: Transition) -> None:
+    try:
+        listener(transition)
+    except Exception:  # a listener can never break a call
+        _log.exception("circuit breaker listener %r failed", listener)
+
+
+class _Registry:
+    """The mutable part of a frozen breaker: its circuits and listeners."""
+
+    __slots__ = ("circuits", "listeners", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.circuits: dict[str, Circuit] = {}
+        self.listeners: tuple[Listener, ...] = ()
+
+
+class Circuit:
+    """One breaker state machine (see the module docstring). Thread-safe; shared by threads and tasks.
+
+    Adapters call :meth:`admit` before a call and :meth:`record` with its outcome after; both return the
+    :class:`Transition` they caused, if any, or a :class:`Rejection`.
+    """
+
+    __slots__ = (
+        "_bucket",
+        "_changed",
+        "_consecutive",
+        "_counts",
+        "_epoch",
+        "_lock",
+        "_opened",
+        "_outcomes",
+        "_probe_successes",
+        "_probes",
+        "_rejected",
+        "_retry_at",
+        "_totals",
+        "breaker",
+        "name",
+        "state",
+    )
+
+    def __init__(self, breaker: CircuitBreaker, name: str) -> None:
+        self.breaker = breaker
+        self.name = name
+        self.state = CLOSED
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._retry_at = 0.0  # when open: the time probes may start
+        self._opened = 0  # consecutive openings without closing (for open_for growth)
+        self._probes = 0  # probes in flight (half-open)
+        self._probe_successes = 0
+        self._consecutive = 0
+        self._rejected = 0
+        # Time window: per-bucket [calls, failures, slow] plus running totals; count window: a deque of codes.
+        self._bucket = 0
+        self._counts = [[0, 0, 0] for _ in range(BUCKETS)]
+        self._totals = [0, 0, 0]
+        self._outcomes: deque[int] = deque()
+        self._changed: Transition | None = None  # set under the lock, announced once it is released
+
+    # -- admission --------------------------------------------------------------------------------------------
+
+    def admit(self) -> int | Rejection:
+        """A ticket (pass it to :meth:`record`) or, when the call must not be made, a :class:`Rejection`.
+
+        In shadow mode a call that would be rejected is admitted with a ticket of ``-1``, whose outcome is not
+        counted; :attr:`rejected` counts it all the same.
+        """
+        if self.state is CLOSED:
+            return self._epoch << 1  # no lock: reading two attributes is atomic enough for a closed circuit
+        with self._lock:
+            ticket = self._admit_locked()
+            changed, self._changed = self._changed, None
+        if changed is not None:
+            self._notify(changed)
+        if isinstance(ticket, Rejection) and self.breaker.shadow:
+            return -1
+        return ticket
+
+    def _admit_locked(self) -> int | Rejection:
+        state = self.state
+        if state is CLOSED:
+            return self._epoch << 1
+        if state is OPEN:
+            left = self._retry_at - self.breaker.clock.now()
+            if left > 0:
+                self._rejected += 1
+                return Rejection(self.name, OPEN, left)
+            self._transition(HALF_OPEN, "open time elapsed")
+            state = HALF_OPEN
+        if state is HALF_OPEN:
+            if self._probes < self.breaker.half_open_permits:
+                self._probes += 1
+                return self._epoch << 1 | _PROBE
+            self._rejected += 1
+            return Rejection(self.name, HALF_OPEN, 0.0)
+        self._rejected += 1
+        return Rejection(self.name, ISOLATED, None)
+
+    # -- outcomes ---------------------------------------------------------------------------------------------
+
+    def record(self, ticket: int, outcome: int) -> None:
+        """Count the outcome of an admitted call (``outcome`` is :data:`SUCCESS`, :data:`FAILURE`, ...)."""
+        if ticket < 0:
+            return
+        with self._lock:
+            if ticket >> 1 != self._epoch:
+                return  # admitted before the last state change: it says nothing about the current state
+            if ticket & _PROBE:
+                self._record_probe(outcome)
+            elif self.state is CLOSED:
+                self._record_closed(outcome)
+            changed, self._changed = self._changed, None
+        if changed is not None:
+            self._notify(changed)
+
+    def _record_probe(self, outcome: int) -> None:
+        self._probes -= 1
+        if outcome == SUCCESS:
+            self._probe_successes += 1
+            required = self.breaker.half_open_successes or 1
+            if self._probe_successes >= required:
+                self._transition(CLOSED, f"{self._probe_successes} probe(s) succeeded")
+        elif outcome in (FAILURE, SLOW_SUCCESS):
+            self._transition(OPEN, "probe failed" if outcome == FAILURE else "probe was slow")
+
+    def _record_closed(self, outcome: int) -> None:
+        if outcome >= IGNORED:
+            return
+        breaker = self.breaker
+        failed = outcome == FAILURE
+        slow = outcome == SLOW_SUCCESS
+        totals = self._totals
+        if breaker.window_type == "time":
+            index = int(breaker.clock.now() // (breaker.window / BUCKETS))
+            if index != self._bucket:
+                self._rotate(index)
+            counts = self._counts[index % BUCKETS]
+            counts[0] += 1
+            counts[1] += failed
+            counts[2] += slow
+        else:
+            outcomes = self._outcomes
+            if len(outcomes) == breaker.window:
+                evicted = outcomes.popleft()
+                totals[0] -= 1
+                totals[1] -= evicted == FAILURE
+                totals[2] -= evicted == SLOW_SUCCESS
+            outcomes.append(outcome)
+        totals[0] += 1
+        totals[1] += failed
+        totals[2] += slow
+        if failed:
+            self._consecutive += 1
+        else:
+            self._consecutive = 0
+            if not slow:
+                return  # a plain success can trip nothing
+        reason = self._trip_reason()
+        if reason is not None:
+            self._transition(OPEN, reason)
+
+    def _rotate(self, index: int) -> None:
+        totals = self._totals
+        if index - self._bucket >= BUCKETS or index < self._bucket:
+            for counts in self._counts:
+                counts[0] = counts[1] = counts[2] = 0
+            totals[0] = totals[1] = totals[2] = 0
+        else:
+            for expired in range(self._bucket + 1, index + 1):
+                counts = self._counts[expired % BUCKETS]
+                totals[0] -= counts[0]
+                totals[1] -= counts[1]
+                totals[2] -= counts[2]
+                counts[0] = counts[1] = counts[2] = 0
+        self._bucket = index
+
+    def _trip_reason(self) -> str | None:
+        breaker = self.breaker
+        if breaker.consecutive_failures is not None and self._consecutive >= breaker.consecutive_failures:
+            return f"{self._consecutive} consecutive failures"
+        calls, failures, slow = self._totals
+        if calls < breaker.minimum_calls:
+            return None
+        if breaker.failure_ratio is not None and failures >= breaker.failure_ratio * calls:
+            return f"failure ratio {failures / calls:.2f} >= {breaker.failure_ratio:g} over {calls} calls"
+        if breaker.slow_call_ratio is not None and slow >= breaker.slow_call_ratio * calls:
+            return f"slow-call ratio {slow / calls:.2f} >= {breaker.slow_call_ratio:g} over {calls} calls"
+        return None
+
+    # -- transitions ------------------------------------------------------------------------------------------
+
+    def _open_for(self) -> float:
+        breaker = self.breaker
+        seconds = breaker.open_for
+        if breaker.open_for_max is not None and self._opened > 1:
+            seconds = min(breaker.open_for * 2.0 ** (self._opened - 1), breaker.open_for_max)
+        if breaker.jitter:
+            seconds *= 1.0 + breaker.jitter * (2.0 * random.random() - 1.0)
+        return seconds
+
+    def _transition(self, to_state: str, reason: str) -> None:
+        from_state = self.state
+        if (from_state, to_state) not in TRANSITIONS:
+            raise RuntimeError(f"circuit {self.name}: no transition {from_state} -> {to_state} ({reason})")
+        self.state = to_state
+        self._epoch += 1
+        self._probes = 0
+        self._probe_successes = 0
+        open_for = None
+        if to_state is OPEN:
+            self._opened += 1
+            open_for = self._open_for()
+            self._retry_at = self.breaker.clock.now() + open_for
+        elif to_state is CLOSED:
+            self._opened = 0
+            self._consecutive = 0
+            self._clear_window()
+        # Listeners run once the lock is released (one of them may well look at this circuit).
+        self._changed = Transition(self.name, from_state, to_state, reason, open_for)
+
+    def _notify(self, transition: Transition) -> None:
+        for listener in self.breaker._registry.listeners:
+            _call_listener(listener, transition)
+
+    def _clear_window(self) -> None:
+        for counts in self._counts:
+            counts[0] = counts[1] = counts[2] = 0
+        self._totals[:] = [0, 0, 0]
+        self._outcomes.clear()
+
+    def isolate(self) -> None:
+        """Reject every call until :meth:`reset`."""
+        with self._lock:
+            if self.state is not ISOLATED:
+                self._transition(ISOLATED, "isolated by hand")
+            changed, self._changed = self._changed, None
+        if changed is not None:
+            self._notify(changed)
+
+    def reset(self) -> None:
+        """Close the circuit and forget its window."""
+        with self._lock:
+            if self.state is not CLOSED:
+                self._transition(CLOSED, "reset by hand")
+            else:
+                self._consecutive = 0
+                self._clear_window()
+            changed, self._changed = self._changed, None
+        if changed is not None:
+            self._notify(changed)
+
+    # -- inspection -------------------------------------------------------------------------------------------
+
+    @property
+    def rejected(self) -> int:
+        """Calls rejected so far (in shadow mode: calls that would have been)."""
+        return self._rejected
+
+    def window_counts(self) -> tuple[int, int, int]:
+        """``(calls, failures, slow calls)`` currently in the window (time windows are rotated to now)."""
+        with self._lock:
+            if self.breaker.window_type == "time":
+                index = int(self.breaker.clock.now() // (self.breaker.window / BUCKETS))
+                if index != self._bucket:
+                    self._rotate(index)
+            calls, failures, slow = self._totals
+            return calls, failures, slow
+
+    def status(self) -> Mapping[str, object]:
+        """A JSON-ready snapshot for the status app."""
+        calls, failures, slow = self.window_counts()
+        with self._lock:
+            state = self.state
+            retry_after = max(self._retry_at - self.breaker.clock.now(), 0.0) if state is OPEN else None
+            return {
+                "state": state,
+                "calls": calls,
+                "failures": failures,
+                "slow": slow,
+                "consecutive_failures": self._consecutive,
+                "probes_in_flight": self._probes,
+                "rejected": self._rejected,
+                "retry_after_s": None if retry_after is None else round(retry_after, 3),
+            }
