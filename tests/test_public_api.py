@@ -46,6 +46,7 @@ SUBPACKAGES = {
     connectivity.transports: [
         "AccessLogTransport",
         "CallRecord",
+        "CircuitBreakerTransport",
         "EXTENSION",
         "HTTPTransport",
         "HedgingTransport",

@@ -8,6 +8,7 @@ import warnings
 from typing import Literal
 
 from connectivity.errors import ConfigError, ConnectivityWarning
+from connectivity.policies.breaker import CircuitBreaker
 from connectivity.policies.budget import RetryBudget
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.hedge import Hedge
@@ -17,6 +18,7 @@ from connectivity.telemetry.otel import Telemetry, track_budget
 from connectivity.telemetry.redaction import redact_httpx_logs
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports.access_log import AccessLogTransport
+from connectivity.transports.breaker import CircuitBreakerTransport, Scope
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
 from connectivity.transports.request_id import RequestIDTransport
@@ -33,6 +35,8 @@ def transport(
     timeout: Timeout | float | None = None,
     retry: Retry | Literal[False] | None = None,
     hedge: Hedge | None = None,
+    breaker: CircuitBreaker | None = None,
+    breaker_scope: Scope = "host",
     telemetry: Telemetry | Literal[False] | None = None,
     access_log: bool | logging.Logger = False,
     request_id: bool = True,
@@ -41,8 +45,8 @@ def transport(
 ) -> Layer:
     """Build the recommended outbound stack, outermost first.
 
-    ``tracing -> access log -> request id -> total timeout / ambient deadline -> retry (+ budget) -> hedging ->
-    per-try timeout -> network``
+    ``tracing -> access log -> request id -> total timeout / ambient deadline -> retry (+ budget) ->
+    circuit breaker -> hedging -> per-try timeout -> network``
 
     Every argument is optional. The result works with both ``httpx.Client`` and ``httpx.AsyncClient``.
 
@@ -52,6 +56,10 @@ def transport(
         retry: The retry policy. ``None`` (default) means ``Retry(budget=RetryBudget())``: 3 attempts of
             idempotent requests under a 20 % budget. ``False`` disables retries.
         hedge: Hedging policy, off by default. Hedges draw from the retry budget unless given their own.
+        breaker: Circuit breaking, off by default. It sits inside the retry layer, so each attempt is one call
+            to the breaker and a rejection (:class:`~connectivity.CircuitOpenError`) is not retried.
+        breaker_scope: One circuit per ``"host"`` (default: per ``host:port``), per ``"client"`` or per
+            ``"endpoint"``.
         telemetry: Tracing and metrics (:class:`~connectivity.transports.TracingTransport`). ``None`` (default)
             uses the global OpenTelemetry providers, which costs next to nothing until an SDK is installed;
             ``False`` leaves the layer out.
@@ -95,6 +103,10 @@ def transport(
         stack = TimeoutTransport(stack, per_try, per_try=True, propagate=limits.propagate, clock=clock)
     if hedge is not None:
         stack = HedgingTransport(stack, hedge, retry=policy, clock=clock)
+    if breaker is not None:
+        if not isinstance(breaker, CircuitBreaker):
+            raise ConfigError("transport.breaker", breaker, "must be a connectivity.CircuitBreaker or None")
+        stack = CircuitBreakerTransport(stack, breaker, scope=breaker_scope)
     if policy is not None:
         stack = RetryTransport(stack, policy, clock=clock)
     # Always present, even without a total: an ambient `connectivity.deadline()` is then enforced too.

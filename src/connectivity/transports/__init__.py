@@ -7,6 +7,7 @@ Each works with both :class:`httpx.Client` and :class:`httpx.AsyncClient`. Compo
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports._outcome import EXTENSION, CallRecord, failure_kind
 from connectivity.transports.access_log import AccessLogTransport
+from connectivity.transports.breaker import CircuitBreakerTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
 from connectivity.transports.request_id import RequestIDTransport
@@ -18,6 +19,7 @@ __all__ = [
     "EXTENSION",
     "AccessLogTransport",
     "CallRecord",
+    "CircuitBreakerTransport",
     "HTTPTransport",
     "HedgingTransport",
     "Inner",

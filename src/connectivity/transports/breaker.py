@@ -1,0 +1,210 @@
+"""Circuit breaking as a transport.
+
+Every decision lives in :class:`connectivity.CircuitBreaker` and its circuits; this layer asks a circuit to admit
+each call, classifies what came back (5xx and transport errors are failures, 4xx are not, a cancellation never
+counts), and records it. A rejected call raises :class:`~connectivity.CircuitOpenError` without touching the
+network.
+
+Scope: one circuit for the whole client (``"client"``), one per upstream authority (``"host"``: ``host:port``), or
+one per endpoint (``"endpoint"``: the endpoint a balancer below this layer chose, from
+``request.extensions["connectivity.endpoint"]``, else the authority).
+
+A ``pybreaker.CircuitBreaker`` is accepted as the policy for teams that already have one; its own semantics then
+apply, with its caveats (it counts consecutive failures only, holds its lock for the whole call, and has no
+half-open limit): see the circuit-breaking guide.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import anyio
+import httpx
+
+from connectivity.errors import CircuitOpenError
+from connectivity.policies.breaker import (
+    CANCELLED,
+    FAILURE,
+    Circuit,
+    CircuitBreaker,
+    Rejection,
+    Transition,
+)
+from connectivity.telemetry import events, semconv
+from connectivity.transports._base import Inner, Layer
+
+__all__ = ["CircuitBreakerTransport"]
+
+Scope = Literal["client", "host", "endpoint"]
+_SCOPES = ("client", "host", "endpoint")
+ENDPOINT_EXTENSION = "connectivity.endpoint"
+
+
+def _announce(transition: Transition) -> None:
+    """Every breaker transition becomes a policy event (a span event, a metric, a line in the access log)."""
+    events.emit(
+        events.BREAKER_STATE_CHANGE,
+        {
+            semconv.CONNECTIVITY_BREAKER: transition.circuit,
+            semconv.CONNECTIVITY_STATE_FROM: transition.from_state,
+            semconv.CONNECTIVITY_STATE_TO: transition.to_state,
+            semconv.CONNECTIVITY_REASON: transition.reason,
+        },
+    )
+
+
+def _key(scope: str, request: httpx.Request) -> str:
+    if scope == "client":
+        return ""
+    if scope == "endpoint":
+        endpoint = request.extensions.get(ENDPOINT_EXTENSION)
+        if endpoint:
+            return str(endpoint)
+    return request.url.netloc.decode("ascii")
+
+
+class CircuitBreakerTransport(Layer):
+    """Reject calls to a dependency that keeps failing; probe it; resume when it recovers.
+
+    Args:
+        inner: The transport to call.
+        breaker: The policy: a :class:`connectivity.CircuitBreaker`, or a ``pybreaker.CircuitBreaker``.
+        scope: ``"client"`` (one circuit), ``"host"`` (one per ``host:port``) or ``"endpoint"`` (one per endpoint
+            chosen by a balancer below).
+        backend: Shared state for many processes (e.g. ``connectivity.backends.RedisBreakerBackend``): its
+            ``circuit(breaker, key)`` replaces the local circuits.
+
+    Raises:
+        CircuitOpenError: (from a call) The circuit is open, isolated, or half-open with every probe permit
+            taken; nothing was sent. ``retry_after`` says when a probe may go.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_backend", "_breaker", "_pybreaker", "_scope", "_single")
+
+    def __init__(
+        self,
+        inner: Inner,
+        breaker: CircuitBreaker | Any,
+        *,
+        scope: Scope = "client",
+        backend: Any = None,
+    ) -> None:
+        super().__init__(inner)
+        if scope not in _SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, got {scope!r}")
+        self._scope = scope
+        self._backend = backend
+        self._pybreaker = None
+        if isinstance(breaker, CircuitBreaker):
+            breaker.add_listener(_announce)
+            from connectivity.admin.registry import register
+
+            register("breakers", breaker.name, breaker)
+        elif _is_pybreaker(breaker):
+            from connectivity.transports._pybreaker import PybreakerCircuit
+
+            self._pybreaker = PybreakerCircuit(breaker)
+        else:
+            raise TypeError(
+                f"breaker must be a connectivity.CircuitBreaker or a pybreaker.CircuitBreaker, "
+                f"got {type(breaker).__name__}"
+            )
+        self._breaker = breaker
+        # The common case, one local circuit for the client, is resolved once.
+        self._single: Circuit | None = (
+            breaker.circuit()
+            if isinstance(breaker, CircuitBreaker) and scope == "client" and backend is None
+            else None
+        )
+
+    @property
+    def breaker(self) -> CircuitBreaker | Any:
+        """The policy."""
+        return self._breaker
+
+    def describe(self) -> dict[str, object]:
+        """What the status app shows for this layer."""
+        name = getattr(self._breaker, "name", None) or type(self._breaker).__name__
+        return {"breaker": name, "scope": self._scope, "shared": self._backend is not None}
+
+    def _circuit(self, request: httpx.Request) -> Any:
+        if self._single is not None:
+            return self._single
+        key = _key(self._scope, request)
+        if self._backend is not None:
+            return self._backend.circuit(self._breaker, key)
+        return self._breaker.circuit(key)
+
+    @staticmethod
+    def _rejected(request: httpx.Request, rejection: Rejection) -> CircuitOpenError:
+        after = "" if rejection.retry_after is None else f"; a probe may go in {rejection.retry_after:.3g} s"
+        return CircuitOpenError(
+            f"circuit {rejection.circuit} is {rejection.state}: {request.method} not sent{after}",
+            request=request,
+            breaker=rejection.circuit,
+            state=rejection.state,
+            retry_after=rejection.retry_after,
+        )
+
+    def _outcome(self, response: httpx.Response, started: float | None) -> int:
+        breaker: CircuitBreaker = self._breaker
+        elapsed = None if started is None else breaker.clock.now() - started
+        return breaker.classify_status(response.status_code, elapsed)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self._sync or self._sync_inner()
+        if self._pybreaker is not None:
+            return self._pybreaker.send(inner, request)
+        circuit = self._circuit(request)
+        ticket = circuit.admit()
+        if type(ticket) is not int:
+            raise self._rejected(request, ticket)
+        breaker: CircuitBreaker = self._breaker
+        started = breaker.clock.now() if breaker.slow_call_threshold is not None else None
+        try:
+            response = inner.handle_request(request)
+        except Exception:
+            circuit.record(ticket, FAILURE)
+            raise
+        except BaseException:
+            circuit.record(ticket, CANCELLED)
+            raise
+        circuit.record(ticket, self._outcome(response, started))
+        return response
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self._async or self._async_inner()
+        if self._pybreaker is not None:
+            return await self._pybreaker.asend(inner, request)
+        circuit = self._circuit(request)
+        remote = getattr(circuit, "remote", False)
+        ticket = await circuit.aadmit() if remote else circuit.admit()
+        if type(ticket) is not int:
+            raise self._rejected(request, ticket)
+        breaker: CircuitBreaker = self._breaker
+        started = breaker.clock.now() if breaker.slow_call_threshold is not None else None
+        try:
+            response = await inner.handle_async_request(request)
+        except Exception:
+            outcome = FAILURE
+            raise
+        except BaseException:  # cancellation (a hedge that lost, a caller that went away) never counts
+            outcome = CANCELLED
+            raise
+        else:
+            outcome = self._outcome(response, started)
+        finally:
+            if remote:
+                # Shielded: a cancelled probe must still hand its permit back (bounded by the backend's timeout).
+                with anyio.CancelScope(shield=True):
+                    await circuit.arecord(ticket, outcome)
+            else:
+                circuit.record(ticket, outcome)
+        return response
+
+
+def _is_pybreaker(breaker: object) -> bool:
+    module = type(breaker).__module__
+    return module.split(".")[0] == "pybreaker" and hasattr(breaker, "calling")
