@@ -1,4 +1,4 @@
-"""``python -m bench [overhead|e2e|tracing|instructions|all]``: run benchmarks, write bench/results/*.json."""
+"""``python -m bench [overhead|breaker|e2e|tracing|instructions|all]``: run benchmarks, write bench/results/*.json."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, instructions, overhead, tracing
+from bench import breaker, e2e, instructions, overhead, tracing
 
-_BENCHMARKS = ("overhead", "e2e", "tracing", "instructions")
+_BENCHMARKS = ("overhead", "breaker", "e2e", "tracing", "instructions")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     requests=args.count,
                     results_dir=args.results_dir,
                 )
+            )
+        elif name == "breaker":
+            results.append(
+                breaker.run(quick=args.quick, rounds=args.rounds, calls=args.count, results_dir=args.results_dir)
             )
         elif name == "tracing":
             results.append(

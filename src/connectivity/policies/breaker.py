@@ -35,6 +35,7 @@ Cancellation is never a failure: record it as :data:`CANCELLED` (a probe's permi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
@@ -207,7 +208,12 @@ class CircuitBreaker:
         if self.window_type not in ("time", "count"):
             raise ConfigError("CircuitBreaker.window_type", self.window_type, "must be 'time' or 'count'")
         if self.window_type == "count":
+            window = self.window
+            if isinstance(window, float) and window.is_integer():
+                object.__setattr__(self, "window", int(window))
             _positive_int("CircuitBreaker.window", self.window)
+            # As Resilience4j does: a window of N calls can never hold more than N outcomes.
+            object.__setattr__(self, "minimum_calls", min(self.minimum_calls, int(self.window)))
         else:
             finite_positive("CircuitBreaker.window", self.window)
         if self.consecutive_failures is not None:
@@ -234,7 +240,12 @@ class CircuitBreaker:
         if self.half_open_successes is None:
             object.__setattr__(self, "half_open_successes", self.half_open_permits)
         _positive_int("CircuitBreaker.half_open_successes", self.half_open_successes)
-        statuses = frozenset(self.failure_statuses)
+        try:
+            statuses = frozenset(self.failure_statuses)
+        except TypeError:
+            raise ConfigError(
+                "CircuitBreaker.failure_statuses", self.failure_statuses, "must be a collection of status codes"
+            ) from None
         if any(isinstance(s, bool) or not isinstance(s, int) or not 100 <= s <= 599 for s in statuses):
             raise ConfigError(
                 "CircuitBreaker.failure_statuses", self.failure_statuses, "must be HTTP status codes"
@@ -279,7 +290,8 @@ class CircuitBreaker:
         return remove
 
     def isolate(self, key: str | None = None) -> None:
-        """Force circuit ``key`` (every circuit when ``None``, and the main one) open until :meth:`reset`."""
+        """Reject every call of circuit ``key`` (of every circuit, the main one included, when ``None``) until
+        :meth:`reset`."""
         for circuit in self._targets(key):
             circuit.isolate()
 
@@ -291,8 +303,8 @@ class CircuitBreaker:
     def _targets(self, key: str | None) -> list[Circuit]:
         if key is not None:
             return [self.circuit(key)]
-        circuits = list(self._registry.circuits.values())
-        return circuits or [self.circuit()]
+        main = self.circuit()
+        return [main, *(circuit for circuit in self._registry.circuits.values() if circuit is not main)]
 
     def status(self) -> dict[str, object]:
         """What the status app shows: the configuration and every circuit's state."""
@@ -319,6 +331,11 @@ class CircuitBreaker:
         if threshold is not None and elapsed is not None and elapsed > threshold:
             return SLOW_SUCCESS
         return SUCCESS
+
+
+def _value(counter: itertools.count[int]) -> int:
+    """The next value of an ``itertools.count`` (how many times it was advanced), without advancing it."""
+    return int(repr(counter)[6:-1])
 
 
 def _call_listener(listener: Listener, transition: Transition) -> None:
@@ -348,18 +365,25 @@ class Circuit:
 
     __slots__ = (
         "_bucket",
+        "_bucket_end",
         "_changed",
         "_consecutive",
         "_counts",
         "_epoch",
+        "_fast",
         "_lock",
+        "_mark",
+        "_now",
         "_opened",
         "_outcomes",
+        "_plain",
         "_probe_successes",
         "_probes",
         "_rejected",
         "_retry_at",
+        "_timed",
         "_totals",
+        "_width",
         "breaker",
         "name",
         "state",
@@ -377,11 +401,22 @@ class Circuit:
         self._probe_successes = 0
         self._consecutive = 0
         self._rejected = 0
-        # Time window: per-bucket [calls, failures, slow] plus running totals; count window: a deque of codes.
+        # Time window: per bucket [other calls, failures, slow, plain successes] and their running totals. Plain
+        # successes (the common case) are counted without the lock, by an atomic counter; the bucket they fall in
+        # is settled when the window rotates (a success racing a bucket boundary may land in the next bucket).
+        # Count window: a deque of outcome codes, under the lock.
+        self._timed = breaker.window_type == "time"
+        self._width = breaker.window / BUCKETS
+        self._now = breaker.clock.now
         self._bucket = 0
-        self._counts = [[0, 0, 0] for _ in range(BUCKETS)]
-        self._totals = [0, 0, 0]
+        self._bucket_end = self._width  # when bucket 0 ends: until then no success needs to look at buckets
+        self._counts = [[0, 0, 0, 0] for _ in range(BUCKETS)]
+        self._totals = [0, 0, 0, 0]
+        self._plain = itertools.count()
+        self._mark = 0  # the plain-success count when the current bucket began
         self._outcomes: deque[int] = deque()
+        # The ticket whose successes may be counted without the lock: a closed circuit's, with a time window.
+        self._fast = 0 if self._timed else -2
         self._changed: Transition | None = None  # set under the lock, announced once it is released
 
     # -- admission --------------------------------------------------------------------------------------------
@@ -427,6 +462,18 @@ class Circuit:
 
     def record(self, ticket: int, outcome: int) -> None:
         """Count the outcome of an admitted call (``outcome`` is :data:`SUCCESS`, :data:`FAILURE`, ...)."""
+        if ticket == self._fast and outcome == SUCCESS:
+            # The common case, without the lock: a success cannot trip anything.
+            now = self._now()
+            if now >= self._bucket_end:
+                with self._lock:
+                    index = int(now // self._width)
+                    if index != self._bucket:
+                        self._rotate(index)
+            next(self._plain)
+            if self._consecutive:
+                self._consecutive = 0
+            return
         if ticket < 0:
             return
         with self._lock:
@@ -457,10 +504,14 @@ class Circuit:
         failed = outcome == FAILURE
         slow = outcome == SLOW_SUCCESS
         totals = self._totals
-        if breaker.window_type == "time":
-            index = int(breaker.clock.now() // (breaker.window / BUCKETS))
+        if self._timed:
+            index = int(self._now() // self._width)
             if index != self._bucket:
                 self._rotate(index)
+            if outcome == SUCCESS:
+                next(self._plain)
+                self._consecutive = 0
+                return
             counts = self._counts[index % BUCKETS]
             counts[0] += 1
             counts[1] += failed
@@ -486,31 +537,46 @@ class Circuit:
         if reason is not None:
             self._transition(OPEN, reason)
 
-    def _rotate(self, index: int) -> None:
+    def _rotate(self, index: float) -> None:
+        index = int(index)
         totals = self._totals
+        plain = _value(self._plain)
         if index - self._bucket >= BUCKETS or index < self._bucket:
             for counts in self._counts:
-                counts[0] = counts[1] = counts[2] = 0
-            totals[0] = totals[1] = totals[2] = 0
+                counts[:] = [0, 0, 0, 0]
+            totals[:] = [0, 0, 0, 0]
         else:
+            # Settle the plain successes of the bucket that is ending, then forget the buckets that expire.
+            ending = plain - self._mark
+            self._counts[self._bucket % BUCKETS][3] += ending
+            totals[3] += ending
             for expired in range(self._bucket + 1, index + 1):
                 counts = self._counts[expired % BUCKETS]
-                totals[0] -= counts[0]
-                totals[1] -= counts[1]
-                totals[2] -= counts[2]
-                counts[0] = counts[1] = counts[2] = 0
+                for field_index in range(4):
+                    totals[field_index] -= counts[field_index]
+                counts[:] = [0, 0, 0, 0]
+        self._mark = plain
         self._bucket = index
+        self._bucket_end = (index + 1) * self._width
+
+    def _window(self) -> tuple[int, int, int]:
+        """``(calls, failures, slow)`` in the window as it stands (time window: rotated by the caller)."""
+        totals = self._totals
+        if self._timed:
+            return totals[0] + totals[3] + _value(self._plain) - self._mark, totals[1], totals[2]
+        return totals[0], totals[1], totals[2]
 
     def _trip_reason(self) -> str | None:
         breaker = self.breaker
         if breaker.consecutive_failures is not None and self._consecutive >= breaker.consecutive_failures:
             return f"{self._consecutive} consecutive failures"
-        calls, failures, slow = self._totals
+        calls, failures, slow = self._window()
         if calls < breaker.minimum_calls:
             return None
-        if breaker.failure_ratio is not None and failures >= breaker.failure_ratio * calls:
+        # Divide, do not multiply: 0.28 * 25 is 7.000000000000001, and 7 failures in 25 calls must trip 0.28.
+        if breaker.failure_ratio is not None and failures / calls >= breaker.failure_ratio:
             return f"failure ratio {failures / calls:.2f} >= {breaker.failure_ratio:g} over {calls} calls"
-        if breaker.slow_call_ratio is not None and slow >= breaker.slow_call_ratio * calls:
+        if breaker.slow_call_ratio is not None and slow / calls >= breaker.slow_call_ratio:
             return f"slow-call ratio {slow / calls:.2f} >= {breaker.slow_call_ratio:g} over {calls} calls"
         return None
 
@@ -520,7 +586,8 @@ class Circuit:
         breaker = self.breaker
         seconds = breaker.open_for
         if breaker.open_for_max is not None and self._opened > 1:
-            seconds = min(breaker.open_for * 2.0 ** (self._opened - 1), breaker.open_for_max)
+            # The exponent is capped: a day-long outage reopens thousands of times, and 2.0 ** 1024 overflows.
+            seconds = min(breaker.open_for * 2.0 ** min(self._opened - 1, 60), breaker.open_for_max)
         if breaker.jitter:
             seconds *= 1.0 + breaker.jitter * (2.0 * random.random() - 1.0)
         return seconds
@@ -531,6 +598,7 @@ class Circuit:
             raise RuntimeError(f"circuit {self.name}: no transition {from_state} -> {to_state} ({reason})")
         self.state = to_state
         self._epoch += 1
+        self._fast = self._epoch << 1 if to_state is CLOSED and self._timed else -2
         self._probes = 0
         self._probe_successes = 0
         open_for = None
@@ -551,8 +619,9 @@ class Circuit:
 
     def _clear_window(self) -> None:
         for counts in self._counts:
-            counts[0] = counts[1] = counts[2] = 0
-        self._totals[:] = [0, 0, 0]
+            counts[:] = [0, 0, 0, 0]
+        self._totals[:] = [0, 0, 0, 0]
+        self._mark = _value(self._plain)
         self._outcomes.clear()
 
     def isolate(self) -> None:
@@ -586,12 +655,11 @@ class Circuit:
     def window_counts(self) -> tuple[int, int, int]:
         """``(calls, failures, slow calls)`` currently in the window (time windows are rotated to now)."""
         with self._lock:
-            if self.breaker.window_type == "time":
-                index = int(self.breaker.clock.now() // (self.breaker.window / BUCKETS))
+            if self._timed:
+                index = int(self._now() // self._width)
                 if index != self._bucket:
                     self._rotate(index)
-            calls, failures, slow = self._totals
-            return calls, failures, slow
+            return self._window()
 
     def status(self) -> Mapping[str, object]:
         """A JSON-ready snapshot for the status app."""
