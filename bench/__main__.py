@@ -1,4 +1,4 @@
-"""``python -m bench [overhead|breaker|e2e|tracing|instructions|all]``: run benchmarks, write bench/results/*.json."""
+"""``python -m bench [overhead|breaker|e2e|tracing|instructions|all]``: benchmarks; JSON to bench/results/."""
 
 from __future__ import annotations
 
