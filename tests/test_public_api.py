@@ -2,6 +2,7 @@
 
 import connectivity
 import connectivity.admin
+import connectivity.backends
 import connectivity.middleware
 import connectivity.policies
 import connectivity.telemetry
@@ -9,7 +10,10 @@ import connectivity.testing
 import connectivity.transports
 
 PUBLIC = [
+    "AIMD",
+    "AdaptiveConcurrency",
     "Backoff",
+    "Bulkhead",
     "CallRecord",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -20,6 +24,7 @@ PUBLIC = [
     "ConnectivityWarning",
     "Deadline",
     "DeadlineExceededError",
+    "Gradient2",
     "Hedge",
     "OutboundError",
     "PerTryTimeoutError",
@@ -28,6 +33,7 @@ PUBLIC = [
     "RetryBudget",
     "RetryBudgetExhaustedError",
     "Timeout",
+    "Vegas",
     "__version__",
     "current_deadline",
     "deadline",
@@ -45,6 +51,8 @@ def test_all_is_the_sorted_set_of_public_names() -> None:
 SUBPACKAGES = {
     connectivity.transports: [
         "AccessLogTransport",
+        "AdaptiveConcurrencyTransport",
+        "BulkheadTransport",
         "CallRecord",
         "CircuitBreakerTransport",
         "EXTENSION",
@@ -58,7 +66,13 @@ SUBPACKAGES = {
         "TracingTransport",
         "failure_kind",
     ],
-    connectivity.middleware: ["AccessLogMiddleware", "RequestIDMiddleware", "TracingMiddleware"],
+    connectivity.middleware: [
+        "AccessLogMiddleware",
+        "ConcurrencyLimitMiddleware",
+        "RequestIDMiddleware",
+        "TracingMiddleware",
+    ],
+    connectivity.backends: ["RedisBreakerBackend", "RedisCircuit"],
     connectivity.telemetry: [
         "DEFAULT_REDACTION",
         "REDACTED",

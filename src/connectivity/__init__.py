@@ -32,21 +32,29 @@ from connectivity.errors import (
     RetryBudgetExhaustedError,
 )
 from connectivity.policies import (
+    AIMD,
+    AdaptiveConcurrency,
     Backoff,
+    Bulkhead,
     CircuitBreaker,
     Clock,
     Deadline,
+    Gradient2,
     Hedge,
     Retry,
     RetryBudget,
     Timeout,
+    Vegas,
     current_deadline,
     deadline,
 )
 from connectivity.transports import CallRecord
 
 __all__ = [
+    "AIMD",
+    "AdaptiveConcurrency",
     "Backoff",
+    "Bulkhead",
     "CallRecord",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -57,6 +65,7 @@ __all__ = [
     "ConnectivityWarning",
     "Deadline",
     "DeadlineExceededError",
+    "Gradient2",
     "Hedge",
     "OutboundError",
     "PerTryTimeoutError",
@@ -65,6 +74,7 @@ __all__ = [
     "RetryBudget",
     "RetryBudgetExhaustedError",
     "Timeout",
+    "Vegas",
     "__version__",
     "current_deadline",
     "deadline",

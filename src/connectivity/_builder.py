@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 from connectivity.errors import ConfigError, ConnectivityWarning
 from connectivity.policies.breaker import CircuitBreaker
 from connectivity.policies.budget import RetryBudget
+from connectivity.policies.bulkhead import Bulkhead
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
+from connectivity.policies.concurrency import AdaptiveConcurrency
 from connectivity.policies.hedge import Hedge
 from connectivity.policies.retry import Retry
 from connectivity.policies.timeout import Timeout
@@ -19,6 +21,7 @@ from connectivity.telemetry.redaction import redact_httpx_logs
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.breaker import CircuitBreakerTransport, Scope
+from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
 from connectivity.transports.request_id import RequestIDTransport
@@ -37,6 +40,8 @@ def transport(
     hedge: Hedge | None = None,
     breaker: CircuitBreaker | None = None,
     breaker_scope: Scope = "host",
+    breaker_backend: Any = None,
+    bulkhead: Bulkhead | AdaptiveConcurrency | None = None,
     telemetry: Telemetry | Literal[False] | None = None,
     access_log: bool | logging.Logger = False,
     request_id: bool = True,
@@ -46,7 +51,7 @@ def transport(
     """Build the recommended outbound stack, outermost first.
 
     ``tracing -> access log -> request id -> total timeout / ambient deadline -> retry (+ budget) ->
-    circuit breaker -> hedging -> per-try timeout -> network``
+    circuit breaker -> bulkhead / adaptive concurrency -> hedging -> per-try timeout -> network``
 
     Every argument is optional. The result works with both ``httpx.Client`` and ``httpx.AsyncClient``.
 
@@ -60,6 +65,12 @@ def transport(
             to the breaker and a rejection (:class:`~connectivity.CircuitOpenError`) is not retried.
         breaker_scope: One circuit per ``"host"`` (default: per ``host:port``), per ``"client"`` or per
             ``"endpoint"``.
+        breaker_backend: Shared breaker state for many processes, e.g.
+            ``connectivity.backends.RedisBreakerBackend("redis://...")``.
+        bulkhead: A :class:`~connectivity.Bulkhead` (fixed limit, bounded queue) or an
+            :class:`~connectivity.AdaptiveConcurrency` limit on calls in flight, off by default. It sits inside the
+            breaker, so a slot covers one attempt, not the backoff between attempts; a rejection
+            (:class:`~connectivity.ConcurrencyLimitError`) is not retried.
         telemetry: Tracing and metrics (:class:`~connectivity.transports.TracingTransport`). ``None`` (default)
             uses the global OpenTelemetry providers, which costs next to nothing until an SDK is installed;
             ``False`` leaves the layer out.
@@ -103,10 +114,22 @@ def transport(
         stack = TimeoutTransport(stack, per_try, per_try=True, propagate=limits.propagate, clock=clock)
     if hedge is not None:
         stack = HedgingTransport(stack, hedge, retry=policy, clock=clock)
+    if isinstance(bulkhead, Bulkhead):
+        stack = BulkheadTransport(stack, bulkhead, clock=clock)
+    elif isinstance(bulkhead, AdaptiveConcurrency):
+        stack = AdaptiveConcurrencyTransport(stack, bulkhead, clock=clock)
+    elif bulkhead is not None:
+        raise ConfigError(
+            "transport.bulkhead",
+            bulkhead,
+            "must be a connectivity.Bulkhead, a connectivity.AdaptiveConcurrency or None",
+        )
     if breaker is not None:
         if not isinstance(breaker, CircuitBreaker):
             raise ConfigError("transport.breaker", breaker, "must be a connectivity.CircuitBreaker or None")
-        stack = CircuitBreakerTransport(stack, breaker, scope=breaker_scope)
+        stack = CircuitBreakerTransport(stack, breaker, scope=breaker_scope, backend=breaker_backend)
+    elif breaker_backend is not None:
+        raise ConfigError("transport.breaker_backend", breaker_backend, "needs a breaker")
     if policy is not None:
         stack = RetryTransport(stack, policy, clock=clock)
     # Always present, even without a total: an ambient `connectivity.deadline()` is then enforced too.

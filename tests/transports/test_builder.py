@@ -184,3 +184,24 @@ def test_bad_names_and_telemetry_are_config_errors() -> None:
         cx.transport(name="")
     with pytest.raises(cx.ConfigError, match=r"transport\.telemetry"):
         cx.transport(telemetry="yes")  # type: ignore[arg-type]
+
+
+def test_bulkhead_and_adaptive_limits_sit_inside_the_breaker() -> None:
+    from connectivity.transports import AdaptiveConcurrencyTransport, BulkheadTransport, CircuitBreakerTransport
+
+    stack = cx.transport(breaker=cx.CircuitBreaker(), bulkhead=cx.Bulkhead(max_concurrent=8))
+    assert layers(core(stack))[:4] == [
+        TimeoutTransport,
+        RetryTransport,
+        CircuitBreakerTransport,
+        BulkheadTransport,
+    ]
+    adaptive = cx.transport(retry=False, bulkhead=cx.AdaptiveConcurrency(algorithm=cx.AIMD()))
+    assert layers(core(adaptive))[:2] == [TimeoutTransport, AdaptiveConcurrencyTransport]
+
+
+def test_bad_bulkheads_and_a_backend_without_a_breaker_are_config_errors() -> None:
+    with pytest.raises(cx.ConfigError, match=r"transport\.bulkhead"):
+        cx.transport(bulkhead=64)  # type: ignore[arg-type]
+    with pytest.raises(cx.ConfigError, match=r"transport\.breaker_backend"):
+        cx.transport(breaker_backend=object())

@@ -14,7 +14,8 @@ The request id is then current for the span and the log record, and the log reco
 from __future__ import annotations
 
 from connectivity.middleware.access_log import AccessLogMiddleware
+from connectivity.middleware.concurrency import ConcurrencyLimitMiddleware
 from connectivity.middleware.request_id import RequestIDMiddleware
 from connectivity.middleware.tracing import TracingMiddleware
 
-__all__ = ["AccessLogMiddleware", "RequestIDMiddleware", "TracingMiddleware"]
+__all__ = ["AccessLogMiddleware", "ConcurrencyLimitMiddleware", "RequestIDMiddleware", "TracingMiddleware"]

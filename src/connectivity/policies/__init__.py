@@ -7,7 +7,16 @@ events and act on their answers. Import them in your own tests to check what a p
 from connectivity.policies.backoff import Backoff
 from connectivity.policies.breaker import Circuit, CircuitBreaker, Rejection, Transition
 from connectivity.policies.budget import RetryBudget
+from connectivity.policies.bulkhead import Bulkhead, Ticket
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock, SystemClock
+from connectivity.policies.concurrency import (
+    AIMD,
+    AdaptiveConcurrency,
+    Estimator,
+    Gradient2,
+    LimitAlgorithm,
+    Vegas,
+)
 from connectivity.policies.deadline import (
     DEADLINE_HEADER,
     Deadline,
@@ -31,6 +40,7 @@ from connectivity.policies.retry_after import parse_http_date, parse_retry_after
 from connectivity.policies.timeout import Timeout
 
 __all__ = [
+    "AIMD",
     "CONNECT_FAILURE",
     "DEADLINE_HEADER",
     "FAILURE_KINDS",
@@ -39,20 +49,27 @@ __all__ = [
     "READ_TIMEOUT",
     "RESET",
     "SYSTEM_CLOCK",
+    "AdaptiveConcurrency",
     "Backoff",
+    "Bulkhead",
     "Circuit",
     "CircuitBreaker",
     "Clock",
     "Deadline",
+    "Estimator",
+    "Gradient2",
     "Hedge",
+    "LimitAlgorithm",
     "Rejection",
     "Retry",
     "RetryBudget",
     "RetryDecision",
     "RetryState",
     "SystemClock",
+    "Ticket",
     "Timeout",
     "Transition",
+    "Vegas",
     "current_deadline",
     "deadline",
     "parse_http_date",

@@ -17,6 +17,7 @@ import pytest
 if TYPE_CHECKING:
     from connectivity.testing.clock import FakeClock
     from connectivity.testing.otel import InMemoryTelemetry
+    from connectivity.testing.redis import RedisServer
     from connectivity.testing.server import RunningServer
     from connectivity.testing.upstream import Faults, FaultyUpstream
 
@@ -57,6 +58,17 @@ def otel() -> Iterator[InMemoryTelemetry]:
     pipeline = InMemoryTelemetry()
     yield pipeline
     pipeline.shutdown()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway redis-server on a free 127.0.0.1 port: ``.url``, ``.port``, ``.stop()``/``.start()`` (same
+    port), ``.pause()``/``.resume()``. Skipped without redis-server unless CONNECTIVITY_REQUIRE_SYSTEM_DEPS=1."""
+    from connectivity.testing.redis import redis_server as serve_redis
+    from connectivity.testing.system import require_binary
+
+    with serve_redis(binary=require_binary("redis-server")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from connectivity.transports._base import Inner, Layer
 from connectivity.transports._outcome import EXTENSION, CallRecord, failure_kind
 from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.breaker import CircuitBreakerTransport
+from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
 from connectivity.transports.request_id import RequestIDTransport
@@ -18,6 +19,8 @@ from connectivity.transports.tracing import TracingTransport
 __all__ = [
     "EXTENSION",
     "AccessLogTransport",
+    "AdaptiveConcurrencyTransport",
+    "BulkheadTransport",
     "CallRecord",
     "CircuitBreakerTransport",
     "HTTPTransport",
