@@ -57,7 +57,8 @@ CONNECTIVITY = "httpx + connectivity"
 
 
 def build_transport() -> cx.transports.Layer:
-    """The stack the demo shows: 1 s total, 150 ms per try, 3 attempts under a budget, 2 hedges 50 ms apart."""
+    """The stack the demo shows: 1 s total, 150 ms per try, 3 attempts under a budget, 2 hedges 50 ms apart, a
+    circuit breaker per replica and a bulkhead of 32 calls in flight."""
     return cx.transport(
         timeout=cx.Timeout(total=1.0, per_try=0.15),
         retry=cx.Retry(
@@ -66,6 +67,9 @@ def build_transport() -> cx.transports.Layer:
             budget=cx.RetryBudget(ratio=0.2, min_per_second=10),
         ),
         hedge=cx.Hedge(delay=0.05, max_extra=2),
+        breaker=cx.CircuitBreaker(name="demo", failure_ratio=0.5, minimum_calls=20, open_for=1.0),
+        breaker_scope="host",
+        bulkhead=cx.Bulkhead(name="demo", max_concurrent=32, max_queued=64, queue_timeout=0.5),
     )
 
 
@@ -319,7 +323,7 @@ def _scenario(requests: int, seed: int, concurrency: int) -> str:
         f"  flaky    answers 503 to {FLAKY_ERROR_RATE:.0%} of requests\n"
         f"  slow     {SLOW_FRACTION:.0%} of answers take {slow_low}-{slow_high} ms\n"
         "connectivity: Timeout(total=1.0, per_try=0.15), Retry(attempts=3, budget=RetryBudget(ratio=0.2)), "
-        "Hedge(delay=0.05, max_extra=2)"
+        "Hedge(delay=0.05, max_extra=2), CircuitBreaker(failure_ratio=0.5) per replica, Bulkhead(32)"
     )
 
 
