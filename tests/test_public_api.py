@@ -86,6 +86,7 @@ SUBPACKAGES = {
         "redact_httpx_logs",
         "semconv",
         "subscribe",
+        "track_breaker",
         "track_budget",
     ],
     connectivity.admin: [

@@ -261,3 +261,20 @@ def test_a_pybreaker_trip_by_an_error_raises_that_error(send: Sender) -> None:
         send(transport)  # pybreaker would have raised its own error instead
     with pytest.raises(cx.CircuitOpenError):
         send(transport)
+
+
+def test_circuit_states_are_a_gauge(send: Sender, otel: InMemoryTelemetry) -> None:
+    clock = FakeClock()
+    breaker = tripping(clock, name="gauge-inventory")
+    transport = TracingTransport(
+        CircuitBreakerTransport(ScriptedTransport(default=500), breaker, scope="host"), telemetry=otel.telemetry()
+    )
+    send(transport, "GET", "http://a/")
+    send(transport, "GET", "http://b/")
+    send(transport, "GET", "http://b/")  # b trips
+    states = {
+        point.attributes[semconv.CONNECTIVITY_BREAKER]: point.value
+        for point in otel.metrics()[semconv.METRIC_BREAKER_STATE]
+        if str(point.attributes[semconv.CONNECTIVITY_BREAKER]).startswith("gauge-inventory")
+    }
+    assert states == {"gauge-inventory/a": 0, "gauge-inventory/b": 1}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from connectivity.telemetry import events, semconv
 from connectivity.telemetry.events import emit, subscribe
-from connectivity.telemetry.otel import SCOPE, Telemetry, track_budget
+from connectivity.telemetry.otel import SCOPE, Telemetry, track_breaker, track_budget
 from connectivity.telemetry.redaction import (
     DEFAULT_REDACTION,
     REDACTED,
@@ -31,5 +31,6 @@ __all__ = [
     "redact_httpx_logs",
     "semconv",
     "subscribe",
+    "track_breaker",
     "track_budget",
 ]

@@ -27,7 +27,7 @@ from connectivity.policies.budget import RetryBudget
 from connectivity.telemetry import events, semconv
 from connectivity.telemetry.redaction import DEFAULT_REDACTION, Redaction
 
-__all__ = ["SCOPE", "Meters", "Telemetry", "track_budget"]
+__all__ = ["BREAKER_STATE_VALUES", "SCOPE", "Meters", "Telemetry", "track_breaker", "track_budget"]
 
 SCOPE = "connectivity"
 """The instrumentation scope name of every tracer and meter connectivity creates."""
@@ -79,6 +79,34 @@ def track_budget(budget: RetryBudget, name: str) -> None:
     """
     with _budgets_lock:
         _budgets[name] = budget
+
+
+BREAKER_STATE_VALUES = {"closed": 0, "open": 1, "half-open": 2, "isolated": 3}
+"""The values of the ``connectivity.breaker.state`` gauge."""
+
+# Breakers whose circuits the `connectivity.breaker.state` gauge reports, by name (a frozen, slotted breaker
+# cannot be weakly referenced; a later breaker of the same name replaces the earlier one).
+_breakers: dict[str, Any] = {}
+
+
+def track_breaker(breaker: Any) -> None:
+    """Report the state of every circuit of ``breaker`` (anything with ``name`` and ``circuits()``).
+
+    The gauge is ``connectivity.breaker.state{connectivity.breaker=<circuit name>}``: 0 closed, 1 open,
+    2 half-open, 3 isolated.
+    """
+    with _budgets_lock:
+        _breakers[str(breaker.name)] = breaker
+
+
+def _observe_breakers(options: CallbackOptions) -> Iterable[Observation]:
+    with _budgets_lock:
+        tracked = list(_breakers.values())
+    return [
+        Observation(BREAKER_STATE_VALUES.get(circuit.state, -1), {semconv.CONNECTIVITY_BREAKER: circuit.name})
+        for breaker in tracked
+        for circuit in breaker.circuits().values()
+    ]
 
 
 def _observe_budgets(options: CallbackOptions) -> Iterable[Observation]:
@@ -164,6 +192,12 @@ class Meters:
             ),
             events.ENDPOINT_RESTORED: ejections,
         }
+        meter.create_observable_gauge(
+            semconv.METRIC_BREAKER_STATE,
+            callbacks=[_observe_breakers],
+            unit="1",
+            description="Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 isolated.",
+        )
         meter.create_observable_gauge(
             semconv.METRIC_BUDGET_REMAINING,
             callbacks=[_observe_budgets],

@@ -31,6 +31,7 @@ from connectivity.policies.breaker import (
     Transition,
 )
 from connectivity.telemetry import events, semconv
+from connectivity.telemetry.otel import track_breaker
 from connectivity.transports._base import Inner, Layer
 
 __all__ = ["CircuitBreakerTransport"]
@@ -99,6 +100,7 @@ class CircuitBreakerTransport(Layer):
         self._pybreaker = None
         if isinstance(breaker, CircuitBreaker):
             breaker.add_listener(_announce)
+            track_breaker(breaker)
             from connectivity.admin.registry import register
 
             register("breakers", breaker.name, breaker)
