@@ -1,0 +1,282 @@
+"""Rate limits: the generic cell rate algorithm (GCRA), several limits per key, bounded keyed state.
+
+Theory of operation: a :class:`RateLimit` allows ``rate`` requests per ``per`` seconds with a ``burst``. GCRA
+(the algorithm behind redis-cell and Stripe's limiter; a token bucket computed in one number) keeps, per key and
+limit, a *theoretical arrival time* ``tat``. With the emission interval ``T = per / rate`` and the tolerance
+``burst * T``, a request of cost ``n`` at time ``now`` is allowed when
+
+    max(tat, now) + n * T - now <= burst * T
+
+and then ``tat`` becomes ``max(tat, now) + n * T``. From idle, ``burst`` requests pass at once; after that one
+request every ``T`` seconds. Over any interval of ``E`` seconds at most ``burst + E / T`` requests are admitted,
+which is the exactness bound the tests count. A refused request learns exactly when it would pass
+(``retry_after``) and changes nothing.
+
+A :class:`RateLimiter` evaluates all its limits for a key together (e.g. 10/s and 1,000/h) and consumes from
+none of them unless every one allows: a request refused by the hourly limit does not spend the per-second one.
+Keys idle for longer than the largest tolerance are equivalent to new ones, so their state expires (a TTL cache
+from cachetools); the number of keys kept is bounded, and when it is reached the least recently used key is
+forgotten (documented: an attacker with unbounded keys resets their own, never anyone else's).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cachetools import TTLCache
+
+from connectivity.errors import ConfigError
+from connectivity.policies.clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["Decision", "RateLimit", "RateLimiter", "parse_limits"]
+
+_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+}
+_LIMIT = re.compile(
+    r"\s*(?P<rate>\d+(?:\.\d+)?)\s*(?:/|per)\s*(?P<count>\d+(?:\.\d+)?)?\s*(?P<unit>[a-z]+)"
+    r"(?:\s+burst\s+(?P<burst>\d+))?\s*",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate`` requests per ``per`` seconds, with bursts of up to ``burst`` requests at once.
+
+    Args:
+        rate: Requests allowed per period (> 0).
+        per: The period in seconds (> 0).
+        burst: Requests allowed back to back from idle (default: ``rate``, rounded up; at least 1).
+        name: Names the limit in ``RateLimit-Policy`` headers, events and errors (default: ``"<rate>/<per>s"``).
+
+    .. versionadded:: 0.1
+    """
+
+    rate: float
+    per: float = 1.0
+    burst: int | None = None
+    name: str = ""
+    interval: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for label, value in (("rate", self.rate), ("per", self.per)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigError(f"RateLimit.{label}", value, "must be a finite number > 0")
+        if self.burst is None:
+            object.__setattr__(self, "burst", max(1, math.ceil(self.rate)))
+        burst = self.burst
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ConfigError("RateLimit.burst", burst, "must be an integer >= 1")
+        if not isinstance(self.name, str):
+            raise ConfigError("RateLimit.name", self.name, "must be a string")
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.rate:g}/{self.per:g}s")
+        object.__setattr__(self, "interval", self.per / self.rate)
+
+    @property
+    def tolerance(self) -> float:
+        """``burst * T``: how far ahead of now a key's theoretical arrival time may run."""
+        return (self.burst or 1) * self.interval
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to :meth:`RateLimiter.try_acquire`.
+
+    Attributes:
+        allowed: Whether the request may go (in shadow mode: whether it would have).
+        retry_after: Seconds until the same request would be allowed (0 when allowed).
+        remaining: Requests still allowed right now under the tightest limit, after this one.
+        reset_after: Seconds until the tightest limit is back to its full burst.
+        limit: The limit that decided: the one that refused, or the tightest one.
+    """
+
+    allowed: bool
+    retry_after: float
+    remaining: int
+    reset_after: float
+    limit: RateLimit
+
+
+def parse_limits(text: str) -> list[RateLimit]:
+    """Parse ``"100/10s"``, ``"10/second; 1000/hour"``, ``"5 per minute burst 10"`` into limits.
+
+    Raises:
+        ConfigError: The text is not a ``;``- or ``,``-separated list of ``<rate>/<count?><unit>[ burst N]``.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError("rate limit", text, "must be a non-empty string such as '100/10s'")
+    limits = []
+    for part in re.split(r"[;,]", text):
+        match = _LIMIT.fullmatch(part)
+        unit = _UNITS.get(match.group("unit").lower()) if match else None
+        if match is None or unit is None:
+            raise ConfigError(
+                "rate limit", part.strip(), "expected '<rate>/<period>' with a period such as s, 10s, minute, hour"
+            )
+        count = float(match.group("count") or 1)
+        burst = match.group("burst")
+        limits.append(
+            RateLimit(
+                rate=float(match.group("rate")),
+                per=count * unit,
+                burst=int(burst) if burst else None,
+                name=part.strip(),
+            )
+        )
+    return limits
+
+
+class RateLimiter:
+    """Keys and their GCRA state under one or more limits; thread-safe and shared by threads and tasks.
+
+    Args:
+        limits: The limits (``RateLimit`` objects, or one string for :func:`parse_limits`).
+        name: Names the limiter in events, metrics and the status app.
+        max_keys: Keys kept at most (the least recently used beyond that is forgotten).
+        shadow: Decide and count, but always allow.
+        clock: Time source (inject :class:`~connectivity.testing.FakeClock` in tests).
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_lock", "_state", "allowed", "clock", "limits", "max_keys", "name", "refused", "shadow")
+
+    def __init__(
+        self,
+        limits: Sequence[RateLimit] | RateLimit | str,
+        *,
+        name: str = "rate-limit",
+        max_keys: int = 100_000,
+        shadow: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if isinstance(limits, str):
+            limits = parse_limits(limits)
+        elif isinstance(limits, RateLimit):
+            limits = [limits]
+        limits = list(limits)
+        if not limits or not all(isinstance(limit, RateLimit) for limit in limits):
+            raise ConfigError("RateLimiter.limits", limits, "must be one or more connectivity.RateLimit")
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ConfigError("RateLimiter.max_keys", max_keys, "must be an integer >= 1")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("RateLimiter.name", name, "must be a non-empty string")
+        self.limits: tuple[RateLimit, ...] = tuple(limits)
+        self.name = name
+        self.max_keys = max_keys
+        self.shadow = bool(shadow)
+        self.clock = clock
+        self._lock = threading.Lock()
+        # An idle key's state means nothing after its largest tolerance: then it expires.
+        ttl = max(limit.tolerance for limit in self.limits)
+        self._state: TTLCache[str, list[float]] = TTLCache(maxsize=max_keys, ttl=ttl, timer=clock.now)
+        self.allowed = 0
+        self.refused = 0
+
+    def _decide(self, key: str, cost: float, commit: bool) -> Decision:
+        now = self.clock.now()
+        with self._lock:
+            tats = self._state.get(key)
+            if tats is None:
+                tats = [now] * len(self.limits)
+            refusal: Decision | None = None
+            tightest: Decision | None = None
+            new_tats = []
+            for limit, tat in zip(self.limits, tats, strict=True):
+                base = tat if tat > now else now
+                new_tat = base + cost * limit.interval
+                ahead = new_tat - now
+                tolerance = limit.tolerance
+                if ahead > tolerance + 1e-9:
+                    retry_after = ahead - tolerance
+                    if refusal is None or retry_after > refusal.retry_after:
+                        refusal = Decision(False, retry_after, 0, base - now, limit)
+                    new_tats.append(tat)
+                    continue
+                remaining = int((tolerance - ahead) / limit.interval + 1e-9)
+                if tightest is None or remaining < tightest.remaining:
+                    tightest = Decision(True, 0.0, remaining, ahead, limit)
+                new_tats.append(new_tat)
+            if refusal is not None:
+                self.refused += 1
+                if self.shadow:
+                    return Decision(True, 0.0, 0, refusal.reset_after, refusal.limit)
+                return refusal
+            if commit:
+                self._state[key] = new_tats
+                self.allowed += 1
+            assert tightest is not None
+            return tightest
+
+    def try_acquire(self, key: str = "", cost: float = 1.0) -> Decision:
+        """Take ``cost`` requests' worth for ``key`` from every limit, or none when any refuses."""
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost <= 0 or not math.isfinite(cost):
+            raise ValueError(f"cost must be a finite number > 0, got {cost!r}")
+        return self._decide(key, cost, True)
+
+    def peek(self, key: str = "", cost: float = 1.0) -> Decision:
+        """What :meth:`try_acquire` would answer now, without taking anything."""
+        return self._decide(key, cost, False)
+
+    def wait_time(self, key: str = "", cost: float = 1.0) -> float:
+        """Seconds until ``cost`` requests for ``key`` would be allowed (0 when they would be now)."""
+        return self.peek(key, cost).retry_after
+
+    def hold_off(self, key: str, seconds: float) -> None:
+        """Allow nothing for ``key`` for ``seconds`` (a server said ``Retry-After``): cooperative throttling."""
+        if not math.isfinite(seconds) or seconds <= 0:
+            return
+        now = self.clock.now()
+        with self._lock:
+            tats = self._state.get(key) or [now] * len(self.limits)
+            # Push every limit's arrival time so that the next request passes no earlier than now + seconds.
+            self._state[key] = [
+                max(tat, now + seconds + limit.tolerance - limit.interval)
+                for limit, tat in zip(self.limits, tats, strict=True)
+            ]
+
+    def keys(self) -> Iterable[str]:
+        """The keys currently tracked."""
+        with self._lock:
+            return list(self._state.keys())
+
+    def status(self) -> dict[str, object]:
+        """A JSON-ready snapshot for the status app."""
+        with self._lock:
+            keys = len(self._state)
+        return {
+            "name": self.name,
+            "kind": "rate-limit",
+            "shadow": self.shadow,
+            "limits": [
+                {"name": limit.name, "rate": limit.rate, "per_s": limit.per, "burst": limit.burst}
+                for limit in self.limits
+            ],
+            "keys": keys,
+            "allowed": self.allowed,
+            "refused": self.refused,
+        }
