@@ -22,6 +22,7 @@ __all__ = [
     "ConnectivityError",
     "ConnectivityWarning",
     "DeadlineExceededError",
+    "RateLimitedError",
     "OutboundError",
     "PerTryTimeoutError",
     "RetriesExhaustedError",
@@ -159,3 +160,29 @@ class ConcurrencyLimitError(OutboundError):
         self.limiter = limiter
         self.limit = limit
         self.reason = reason
+
+
+class RateLimitedError(OutboundError):
+    """A client-side rate limit refused the call (or the wait for it would outlast the deadline); nothing was sent.
+
+    Attributes:
+        limiter: The limiter's name.
+        limit: The limit that refused (e.g. ``"100/10s"``).
+        retry_after: Seconds until the call would be allowed.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        limiter: str = "",
+        limit: str = "",
+        retry_after: float = 0.0,
+    ) -> None:
+        super().__init__(message, request=request)
+        self.limiter = limiter
+        self.limit = limit
+        self.retry_after = retry_after

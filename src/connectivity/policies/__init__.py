@@ -25,6 +25,7 @@ from connectivity.policies.deadline import (
     parse_timeout_header,
 )
 from connectivity.policies.hedge import Hedge
+from connectivity.policies.ratelimit import Decision, RateLimit, RateLimiter, parse_limits
 from connectivity.policies.retry import (
     CONNECT_FAILURE,
     FAILURE_KINDS,
@@ -56,10 +57,13 @@ __all__ = [
     "CircuitBreaker",
     "Clock",
     "Deadline",
+    "Decision",
     "Estimator",
     "Gradient2",
     "Hedge",
     "LimitAlgorithm",
+    "RateLimit",
+    "RateLimiter",
     "Rejection",
     "Retry",
     "RetryBudget",
@@ -73,6 +77,7 @@ __all__ = [
     "current_deadline",
     "deadline",
     "parse_http_date",
+    "parse_limits",
     "parse_retry_after",
     "parse_timeout_header",
 ]
