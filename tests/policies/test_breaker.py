@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from connectivity import ConfigError
-from connectivity.policies import breaker as breaker_module
+from connectivity.policies import circuit as circuit_module
 from connectivity.policies.breaker import (
     BUCKETS,
     CANCELLED,
@@ -447,7 +447,7 @@ def test_jitter_spreads_open_for_either_way_within_bounds(monkeypatch: pytest.Mo
     assert len(set(spread)) > 100
 
     for draw, expected in ((0.0, 9.0), (0.5, 10.0), (math.nextafter(1.0, 0.0), 11.0)):
-        monkeypatch.setattr(breaker_module, "random", types.SimpleNamespace(random=lambda draw=draw: draw))
+        monkeypatch.setattr(circuit_module, "random", types.SimpleNamespace(random=lambda draw=draw: draw))
         clock = FakeClock()
         breaker = _breaker(clock, consecutive_failures=1, open_for=10.0, jitter=0.1)
         opened = _transitions(breaker)

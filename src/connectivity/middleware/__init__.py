@@ -1,8 +1,8 @@
 """Inbound middleware: pure ASGI layers for the requests a service receives.
 
-Each concern is one class, usable with any ASGI framework (Starlette, FastAPI, ...). None of them uses
-``BaseHTTPMiddleware``: they wrap ``send`` to observe the response, so context variables and background tasks
-keep working. Non-HTTP scopes (lifespan, websocket) pass straight through.
+Each concern is one class, usable with any ASGI framework (Starlette, FastAPI, ...). None of them is built on
+Starlette's base HTTP middleware class: they wrap ``send`` to observe the response, so context variables and
+background tasks keep working. Non-HTTP scopes (lifespan, websocket) pass straight through.
 
 A typical stack, outermost first::
 
