@@ -63,6 +63,7 @@ SUBPACKAGES = {
         "HedgingTransport",
         "Inner",
         "Layer",
+        "RateLimitTransport",
         "RequestIDTransport",
         "RetryTransport",
         "TimeoutTransport",
@@ -72,8 +73,10 @@ SUBPACKAGES = {
     connectivity.middleware: [
         "AccessLogMiddleware",
         "ConcurrencyLimitMiddleware",
+        "RateLimitMiddleware",
         "RequestIDMiddleware",
         "TracingMiddleware",
+        "rate_limit",
     ],
     connectivity.backends: ["RedisBreakerBackend", "RedisCircuit"],
     connectivity.telemetry: [

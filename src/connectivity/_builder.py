@@ -14,6 +14,7 @@ from connectivity.policies.bulkhead import Bulkhead
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.concurrency import AdaptiveConcurrency
 from connectivity.policies.hedge import Hedge
+from connectivity.policies.ratelimit import RateLimiter
 from connectivity.policies.retry import Retry
 from connectivity.policies.timeout import Timeout
 from connectivity.telemetry.otel import Telemetry, track_budget
@@ -24,6 +25,7 @@ from connectivity.transports.breaker import CircuitBreakerTransport, Scope
 from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
+from connectivity.transports.ratelimit import RateLimitTransport
 from connectivity.transports.request_id import RequestIDTransport
 from connectivity.transports.retry import RetryTransport
 from connectivity.transports.timeout import TimeoutTransport
@@ -42,6 +44,8 @@ def transport(
     breaker_scope: Scope = "host",
     breaker_backend: Any = None,
     bulkhead: Bulkhead | AdaptiveConcurrency | None = None,
+    rate_limit: RateLimiter | Any = None,
+    rate_limit_mode: Literal["wait", "reject"] = "wait",
     telemetry: Telemetry | Literal[False] | None = None,
     access_log: bool | logging.Logger = False,
     request_id: bool = True,
@@ -51,7 +55,7 @@ def transport(
     """Build the recommended outbound stack, outermost first.
 
     ``tracing -> access log -> request id -> total timeout / ambient deadline -> retry (+ budget) ->
-    circuit breaker -> bulkhead / adaptive concurrency -> hedging -> per-try timeout -> network``
+    rate limit -> circuit breaker -> bulkhead / adaptive concurrency -> hedging -> per-try timeout -> network``
 
     Every argument is optional. The result works with both ``httpx.Client`` and ``httpx.AsyncClient``.
 
@@ -71,6 +75,10 @@ def transport(
             :class:`~connectivity.AdaptiveConcurrency` limit on calls in flight, off by default. It sits inside the
             breaker, so a slot covers one attempt, not the backoff between attempts; a rejection
             (:class:`~connectivity.ConcurrencyLimitError`) is not retried.
+        rate_limit: A client-side :class:`~connectivity.RateLimiter` (or a Redis-backed one), off by default.
+            Each attempt takes a permit; a host that answered 429 with ``Retry-After`` is held off.
+        rate_limit_mode: ``"wait"`` (default: wait for a permit, within the deadline and 1 s) or ``"reject"``
+            (raise :class:`~connectivity.RateLimitedError` at once).
         telemetry: Tracing and metrics (:class:`~connectivity.transports.TracingTransport`). ``None`` (default)
             uses the global OpenTelemetry providers, which costs next to nothing until an SDK is installed;
             ``False`` leaves the layer out.
@@ -130,6 +138,10 @@ def transport(
         stack = CircuitBreakerTransport(stack, breaker, scope=breaker_scope, backend=breaker_backend)
     elif breaker_backend is not None:
         raise ConfigError("transport.breaker_backend", breaker_backend, "needs a breaker")
+    if rate_limit is not None:
+        if not isinstance(rate_limit, RateLimiter) and not getattr(rate_limit, "remote", False):
+            raise ConfigError("transport.rate_limit", rate_limit, "must be a connectivity.RateLimiter or None")
+        stack = RateLimitTransport(stack, rate_limit, mode=rate_limit_mode, clock=clock)
     if policy is not None:
         stack = RetryTransport(stack, policy, clock=clock)
     # Always present, even without a total: an ambient `connectivity.deadline()` is then enforced too.

@@ -205,3 +205,17 @@ def test_bad_bulkheads_and_a_backend_without_a_breaker_are_config_errors() -> No
         cx.transport(bulkhead=64)  # type: ignore[arg-type]
     with pytest.raises(cx.ConfigError, match=r"transport\.breaker_backend"):
         cx.transport(breaker_backend=object())
+
+
+def test_the_rate_limit_sits_inside_retry_and_outside_the_breaker() -> None:
+    from connectivity.transports import CircuitBreakerTransport, RateLimitTransport
+
+    stack = cx.transport(breaker=cx.CircuitBreaker(), rate_limit=cx.RateLimiter("10/s"))
+    assert layers(core(stack))[:4] == [
+        TimeoutTransport,
+        RetryTransport,
+        RateLimitTransport,
+        CircuitBreakerTransport,
+    ]
+    with pytest.raises(cx.ConfigError, match=r"transport\.rate_limit"):
+        cx.transport(rate_limit="10/s")

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from connectivity.middleware.access_log import AccessLogMiddleware
 from connectivity.middleware.concurrency import ConcurrencyLimitMiddleware
+from connectivity.middleware.ratelimit import RateLimitMiddleware, rate_limit
 from connectivity.middleware.request_id import RequestIDMiddleware
 from connectivity.middleware.tracing import TracingMiddleware
 
-__all__ = ["AccessLogMiddleware", "ConcurrencyLimitMiddleware", "RequestIDMiddleware", "TracingMiddleware"]
+__all__ = [
+    "AccessLogMiddleware",
+    "ConcurrencyLimitMiddleware",
+    "RateLimitMiddleware",
+    "RequestIDMiddleware",
+    "TracingMiddleware",
+    "rate_limit",
+]

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cachetools import TTLCache
+from cachetools import TLRUCache, TTLCache
 
 from connectivity.errors import ConfigError
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
@@ -163,7 +163,18 @@ class RateLimiter:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_lock", "_state", "allowed", "clock", "limits", "max_keys", "name", "refused", "shadow")
+    __slots__ = (
+        "_holds",
+        "_lock",
+        "_state",
+        "allowed",
+        "clock",
+        "limits",
+        "max_keys",
+        "name",
+        "refused",
+        "shadow",
+    )
 
     def __init__(
         self,
@@ -194,12 +205,22 @@ class RateLimiter:
         # An idle key's state means nothing after its largest tolerance: then it expires.
         ttl = max(limit.tolerance for limit in self.limits)
         self._state: TTLCache[str, list[float]] = TTLCache(maxsize=max_keys, ttl=ttl, timer=clock.now)
+        # Hold-offs asked for by servers: key -> until when; each entry expires at its own time.
+        self._holds: TLRUCache[str, float] = TLRUCache(
+            maxsize=max_keys, ttu=lambda _key, until, _now: until, timer=clock.now
+        )
         self.allowed = 0
         self.refused = 0
 
     def _decide(self, key: str, cost: float, commit: bool) -> Decision:
         now = self.clock.now()
         with self._lock:
+            held = self._holds.get(key)
+            if held is not None and held > now:
+                if commit:
+                    self.refused += 1
+                limit = self.limits[0]
+                return Decision(self.shadow, 0.0 if self.shadow else held - now, 0, held - now, limit)
             tats = self._state.get(key)
             if tats is None:
                 tats = [now] * len(self.limits)
@@ -222,7 +243,8 @@ class RateLimiter:
                     tightest = Decision(True, 0.0, remaining, ahead, limit)
                 new_tats.append(new_tat)
             if refusal is not None:
-                self.refused += 1
+                if commit:
+                    self.refused += 1
                 if self.shadow:
                     return Decision(True, 0.0, 0, refusal.reset_after, refusal.limit)
                 return refusal
@@ -250,14 +272,9 @@ class RateLimiter:
         """Allow nothing for ``key`` for ``seconds`` (a server said ``Retry-After``): cooperative throttling."""
         if not math.isfinite(seconds) or seconds <= 0:
             return
-        now = self.clock.now()
+        until = self.clock.now() + seconds
         with self._lock:
-            tats = self._state.get(key) or [now] * len(self.limits)
-            # Push every limit's arrival time so that the next request passes no earlier than now + seconds.
-            self._state[key] = [
-                max(tat, now + seconds + limit.tolerance - limit.interval)
-                for limit, tat in zip(self.limits, tats, strict=True)
-            ]
+            self._holds[key] = max(until, self._holds.get(key, until))
 
     def keys(self) -> Iterable[str]:
         """The keys currently tracked."""

@@ -11,6 +11,7 @@ from connectivity.transports.breaker import CircuitBreakerTransport
 from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
+from connectivity.transports.ratelimit import RateLimitTransport
 from connectivity.transports.request_id import RequestIDTransport
 from connectivity.transports.retry import RetryTransport
 from connectivity.transports.timeout import TimeoutTransport
@@ -27,6 +28,7 @@ __all__ = [
     "HedgingTransport",
     "Inner",
     "Layer",
+    "RateLimitTransport",
     "RequestIDTransport",
     "RetryTransport",
     "TimeoutTransport",

@@ -1,0 +1,742 @@
+"""Per-consumer rate limits for inbound requests as pure ASGI middleware, with the IETF RateLimit fields.
+
+Each HTTP request is given a *key* (who is calling: the client address by default, an API key, a JWT subject, a
+SPIFFE id, ...), and a *limiter* (by route, by the consumer's plan, or the default one) decides. A request over
+its limit is answered at once with ``429 Too Many Requests``, ``Retry-After``, the ``RateLimit-Policy`` and
+``RateLimit`` fields of draft-ietf-httpapi-ratelimit-headers (see :mod:`._ratelimit_headers`) and an
+``application/problem+json`` body, before the app sees it. Allowed responses carry ``RateLimit-Policy`` and
+``RateLimit`` too (``headers=True``), so well-behaved clients can pace themselves
+(:class:`~connectivity.transports.ratelimit.RateLimitTransport` does).
+
+**Client addresses.** ``X-Forwarded-For`` (or RFC 7239 ``Forwarded``) is believed only when the direct peer is
+one of ``trusted_proxies`` (addresses or CIDR blocks), and then only as far as the chain of trusted hops goes:
+the header is read right to left, skipping trusted proxies, and the first address that is not one is the client.
+Anything a client writes itself sits to the left of that and is never reached, so a spoofed header buys nothing;
+from an untrusted peer the header is not read at all. IPv6 clients are limited per /64 by default (one host
+usually owns a whole /64, and would otherwise have 2**64 keys to rotate through).
+
+**Never a 500.** A key function that raises (or returns something that is not a non-empty string) is logged and
+the request is limited by its client address instead; a limits-by, plan or exemption function that raises is
+logged and ignored; a limiter that raises (a shared store that is down) is logged and the request is let
+through: rate limiting fails open, the app's own errors are its own.
+
+**Key functions** are factories (:func:`client_ip`, :func:`api_key`, :func:`jwt_subject`, :func:`spiffe_id`,
+:func:`header`, :func:`route`, :func:`combine`) returning ``scope -> str``. Keys are namespaced (``ip:``,
+``key:``, ...), and secrets never become keys: an API key is replaced by a keyed hash. :func:`rate_limit` is the
+same decision as a FastAPI dependency, for limits on individual endpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeAlias
+
+from connectivity.errors import ConfigError
+from connectivity.middleware._asgi import ASGIApp, Message, Receive, Scope, Send, require_app, route_of
+from connectivity.middleware._ratelimit_headers import (
+    policy_field,
+    problem_body,
+    ratelimit_field,
+    reset_seconds,
+    retry_after_field,
+)
+from connectivity.middleware.concurrency import DEFAULT_EXCLUDED_PATHS
+from connectivity.telemetry import events, semconv
+
+__all__ = [
+    "CLIENT_IP_SCOPE_KEY",
+    "DECISION_SCOPE_KEY",
+    "DEFAULT_EXEMPT_PATHS",
+    "KeyFunc",
+    "RateLimitMiddleware",
+    "api_key",
+    "client_ip",
+    "combine",
+    "header",
+    "jwt_subject",
+    "rate_limit",
+    "route",
+    "spiffe_id",
+]
+
+KeyFunc: TypeAlias = Callable[[Scope], str]
+"""Who is calling: a function of the ASGI scope returning the rate-limit key."""
+
+DEFAULT_EXEMPT_PATHS: tuple[str, ...] = DEFAULT_EXCLUDED_PATHS
+"""Paths that are never limited unless told otherwise: probes and scrapes."""
+CLIENT_IP_SCOPE_KEY = "connectivity.client_ip"
+"""Scope key where the middleware leaves the client address it resolved (through trusted proxies)."""
+DECISION_SCOPE_KEY = "connectivity.rate_limit"
+"""Scope key where the middleware leaves the limiter's decision for the request (for the app to read)."""
+PEER_ID_SCOPE_KEY = "connectivity.peer_id"
+CLAIMS_SCOPE_KEY = "connectivity.claims"
+
+_log = logging.getLogger("connectivity.ratelimit")
+_Address: TypeAlias = "ipaddress.IPv4Address | ipaddress.IPv6Address"
+_Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
+_FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
+_MAX_KEY_PART = 256
+_API_KEY_SALT = b"connectivity.ratelimit.api_key.v1"
+_MAX_CACHED_POLICIES = 256
+
+
+# -- client addresses -----------------------------------------------------------------------------------------
+def _networks(field: str, proxies: Iterable[str]) -> tuple[_Network, ...]:
+    if isinstance(proxies, (str, bytes)) or not isinstance(proxies, Iterable):
+        raise ConfigError(field, proxies, "must be a collection of addresses or CIDR blocks (not one string)")
+    return tuple(_network(field, entry) for entry in proxies)
+
+
+def _network(field: str, entry: object) -> _Network:
+    try:
+        return ipaddress.ip_network(str(entry).strip(), strict=False)
+    except ValueError:
+        raise ConfigError(field, entry, "must be an IP address or a CIDR block such as 10.0.0.0/8") from None
+
+
+def _address(text: str) -> _Address | None:
+    """An address from a peer or a forwarded hop (``1.2.3.4``, ``1.2.3.4:80``, ``[::1]:80``, ``"[::1]"``)."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        end = text.find("]")
+        if end == -1:
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:  # "unknown", an obfuscated RFC 7239 identifier, garbage
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _trusted(address: _Address, networks: tuple[_Network, ...]) -> bool:
+    return any(address in network for network in networks)
+
+
+def _headers(scope: Scope, name: bytes) -> list[str]:
+    return [value.decode("latin-1") for key, value in scope.get("headers") or () if key.lower() == name]
+
+
+def _forwarded_hops(scope: Scope, header_name: str) -> list[str]:
+    """The addresses a forwarding header lists, client first (all lines of the field, in order)."""
+    lines = _headers(scope, header_name.encode("latin-1"))
+    if header_name == "x-forwarded-for":
+        return [hop for line in lines for hop in line.split(",")]
+    hops = []
+    for line in lines:
+        for element in line.split(","):
+            found = "unknown"  # an element without for= is a hop we cannot place: it stops the walk
+            for pair in element.split(";"):
+                name, _, value = pair.strip().partition("=")
+                if name.lower() == "for":
+                    found = value
+            hops.append(found)
+    return hops
+
+
+def _resolve(scope: Scope, networks: tuple[_Network, ...], header_name: str) -> str | None:
+    """The client's address: the peer's, or the nearest untrusted hop of a chain of trusted proxies."""
+    client = scope.get("client")
+    peer = client[0] if client else None
+    if not isinstance(peer, str):
+        return None
+    current = _address(peer)
+    if current is None:
+        return peer  # a Unix socket path or a test client name: use it as is
+    if not networks or not _trusted(current, networks):
+        return str(current)
+    for hop in reversed(_forwarded_hops(scope, header_name)):
+        address = _address(hop)
+        if address is None:
+            break  # what lies to the left of garbage cannot be attributed: stop at the last proxy we trust
+        current = address
+        if not _trusted(address, networks):
+            break
+    return str(current)
+
+
+def _ip_key(address: str | None, ipv6_prefix: int) -> str:
+    if address is None:
+        return "ip:unknown"
+    parsed = _address(address)
+    if isinstance(parsed, ipaddress.IPv6Address) and ipv6_prefix < 128:
+        return f"ip:{ipaddress.ip_network(f'{parsed}/{ipv6_prefix}', strict=False)}"
+    return f"ip:{parsed if parsed is not None else address[:_MAX_KEY_PART]}"
+
+
+def _fallback(scope: Scope) -> str:
+    """The client-address key, as resolved by the middleware (or from the peer alone without it)."""
+    address = scope.get(CLIENT_IP_SCOPE_KEY)
+    if not isinstance(address, str):
+        address = _resolve(scope, (), "x-forwarded-for")
+    return _ip_key(address, 64)
+
+
+# -- key functions --------------------------------------------------------------------------------------------
+def client_ip(
+    trusted_proxies: Iterable[str] | None = None,
+    *,
+    forwarded_header: str = "x-forwarded-for",
+    ipv6_prefix: int = 64,
+) -> KeyFunc:
+    """Key by client address: ``ip:203.0.113.7``, or ``ip:2001:db8:1:2::/64`` for IPv6.
+
+    Args:
+        trusted_proxies: Addresses or CIDR blocks of the proxies whose forwarding header is believed. ``None``
+            (default) uses the address :class:`RateLimitMiddleware` resolved with its own ``trusted_proxies``;
+            an empty collection trusts nobody (the direct peer is the client).
+        forwarded_header: ``"x-forwarded-for"`` or ``"forwarded"`` (RFC 7239): the one your proxies write. Only
+            one is read: a client could write the other one freely.
+        ipv6_prefix: IPv6 clients are limited per network of this prefix length (128: per address).
+
+    Raises:
+        ConfigError: A proxy is not an address or CIDR block, the header is unknown, or the prefix is out of range.
+
+    .. versionadded:: 0.1
+    """
+    header_name = _forwarded_header("client_ip.forwarded_header", forwarded_header)
+    if isinstance(ipv6_prefix, bool) or not isinstance(ipv6_prefix, int) or not 0 <= ipv6_prefix <= 128:
+        raise ConfigError("client_ip.ipv6_prefix", ipv6_prefix, "must be an integer from 0 to 128")
+    if trusted_proxies is None:
+
+        def resolved_ip(scope: Scope) -> str:
+            address = scope.get(CLIENT_IP_SCOPE_KEY)
+            if not isinstance(address, str):
+                address = _resolve(scope, (), header_name)
+            return _ip_key(address, ipv6_prefix)
+
+        return resolved_ip
+    networks = _networks("client_ip.trusted_proxies", trusted_proxies)
+
+    def ip(scope: Scope) -> str:
+        return _ip_key(_resolve(scope, networks, header_name), ipv6_prefix)
+
+    return ip
+
+
+def _forwarded_header(field: str, value: object) -> str:
+    if not isinstance(value, str) or value.lower() not in _FORWARDED_HEADERS:
+        raise ConfigError(field, value, "must be 'x-forwarded-for' or 'forwarded'")
+    return value.lower()
+
+
+def _header_name(field: str, name: object) -> bytes:
+    if not isinstance(name, str) or not name or not name.isascii() or any(c in name for c in " \t:\r\n"):
+        raise ConfigError(field, name, "must be a header name")
+    return name.lower().encode("ascii")
+
+
+def api_key(header: str = "x-api-key", *, secret: bytes | str | None = None) -> KeyFunc:
+    """Key by API key: ``key:<keyed hash>``; the raw key is never a key, so never in logs or the status app.
+
+    Args:
+        header: The request header carrying the key (the first one counts). Requests without one are limited by
+            client address.
+        secret: Keys the hash (BLAKE2b), so that a low-entropy API key cannot be recovered from its hash by
+            guessing. Use the same secret in every process sharing a limiter (a fixed library salt by default).
+
+    .. versionadded:: 0.1
+    """
+    name = _header_name("api_key.header", header)
+    salt = secret.encode("utf-8") if isinstance(secret, str) else (secret or _API_KEY_SALT)
+    if not isinstance(salt, bytes):
+        raise ConfigError("api_key.secret", secret, "must be bytes or a string")
+    if len(salt) > 64:  # BLAKE2b keys are at most 64 bytes
+        salt = hashlib.blake2b(salt).digest()
+
+    def key(scope: Scope) -> str:
+        for field, value in scope.get("headers") or ():
+            if field.lower() == name and value.strip():
+                return f"key:{hashlib.blake2b(value.strip(), key=salt, digest_size=16).hexdigest()}"
+        return _fallback(scope)
+
+    return key
+
+
+def jwt_subject(claim: str = "sub") -> KeyFunc:
+    """Key by a claim of the caller's verified JWT: ``jwt.sub:<value>``; client address when there is none.
+
+    The claims are read from where an authentication middleware in front of this one left them:
+    ``scope["state"]["claims"]`` (Starlette's ``request.state.claims``) or ``scope["connectivity.claims"]``. This
+    function verifies nothing: put the rate limit *inside* the authentication middleware.
+
+    .. versionadded:: 0.1
+    """
+    if not isinstance(claim, str) or not claim:
+        raise ConfigError("jwt_subject.claim", claim, "must be a non-empty string")
+
+    def key(scope: Scope) -> str:
+        state = scope.get("state")
+        claims = state.get("claims") if isinstance(state, Mapping) else None
+        if not isinstance(claims, Mapping):
+            claims = scope.get(CLAIMS_SCOPE_KEY)
+        value = claims.get(claim) if isinstance(claims, Mapping) else None
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+            return f"jwt.{claim}:{str(value)[:_MAX_KEY_PART]}"
+        return _fallback(scope)
+
+    return key
+
+
+def spiffe_id() -> KeyFunc:
+    """Key by the caller's workload identity (``scope["connectivity.peer_id"]``, set by mTLS termination):
+    ``spiffe:<id>``; client address without one.
+
+    .. versionadded:: 0.1
+    """
+
+    def key(scope: Scope) -> str:
+        peer = scope.get(PEER_ID_SCOPE_KEY)
+        if isinstance(peer, str) and peer:
+            return f"spiffe:{peer[:_MAX_KEY_PART]}"
+        return _fallback(scope)
+
+    return key
+
+
+def header(name: str) -> KeyFunc:
+    """Key by the value of a request header (e.g. a tenant id): ``header.<name>:<value>``; client address without
+    it. The value is used as is: for secrets use :func:`api_key`, which hashes them.
+
+    .. versionadded:: 0.1
+    """
+    field = _header_name("header.name", name)
+    label = field.decode("ascii")
+
+    def key(scope: Scope) -> str:
+        for found, value in scope.get("headers") or ():
+            if found.lower() == field and value.strip():
+                return f"header.{label}:{value.strip().decode('latin-1')[:_MAX_KEY_PART]}"
+        return _fallback(scope)
+
+    return key
+
+
+def route() -> KeyFunc:
+    """Key by method and route template (``route:GET /items/{item_id}``), or path when no route is known.
+
+    Inside a Starlette or FastAPI app (``app.add_middleware``) the template is found by matching the app's routes;
+    wrapped around the app from outside, the path is used. Combine it with a caller key to limit each caller per
+    route: ``combine(api_key(), route())``.
+
+    .. versionadded:: 0.1
+    """
+
+    def key(scope: Scope) -> str:
+        path = str(scope.get("path", ""))
+        template = route_of(scope, path, str(scope.get("root_path", "")))
+        return f"route:{scope.get('method', 'GET')} {template or path[:_MAX_KEY_PART]}"
+
+    return key
+
+
+def combine(*keys: KeyFunc) -> KeyFunc:
+    """One key made of several (``"key:1f..|route:GET /search"``): a limit per combination.
+
+    .. versionadded:: 0.1
+    """
+    if not keys or not all(callable(key) for key in keys):
+        raise ConfigError("combine.keys", keys, "must be one or more key functions")
+
+    def key(scope: Scope) -> str:
+        return "|".join(part(scope) for part in keys)
+
+    return key
+
+
+# -- the middleware -------------------------------------------------------------------------------------------
+def _require_limiter(field: str, limiter: object) -> Any:
+    if not callable(getattr(limiter, "try_acquire", None)):
+        raise ConfigError(field, limiter, "must be a connectivity.RateLimiter (or have its interface)")
+    return limiter
+
+
+def _policy(limiter: Any) -> str | None:
+    limits = getattr(limiter, "limits", None)
+    try:
+        return policy_field((limit.name, limit.rate, limit.per) for limit in limits) if limits else None
+    except (AttributeError, TypeError, ValueError):  # a limiter of another shape: no policy to advertise
+        return None
+
+
+class _PathTable:
+    """Limiters by path: exact paths and route templates, or prefixes ending with ``/`` (longest wins)."""
+
+    __slots__ = ("exact", "prefixes", "templates")
+
+    def __init__(self, table: Mapping[str, Any]) -> None:
+        self.exact: dict[str, Any] = {}
+        self.templates: dict[str, Any] = {}
+        prefixes: list[tuple[str, Any]] = []
+        for path, limiter in table.items():
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ConfigError("RateLimitMiddleware.limits_by", path, "keys must be paths starting with '/'")
+            _require_limiter(f"RateLimitMiddleware.limits_by[{path!r}]", limiter)
+            if path.endswith("/") and len(path) > 1:
+                prefixes.append((path, limiter))
+            elif "{" in path:
+                self.templates[path] = limiter
+            else:
+                self.exact[path] = limiter
+        self.prefixes = sorted(prefixes, key=lambda item: len(item[0]), reverse=True)
+
+    def __call__(self, scope: Scope) -> Any:
+        path = str(scope.get("path", ""))
+        if path in self.exact:
+            return self.exact[path]
+        if self.templates:
+            template = route_of(scope, path, str(scope.get("root_path", "")))
+            if template in self.templates:
+                return self.templates[template]
+        for prefix, limiter in self.prefixes:
+            if path.startswith(prefix):
+                return limiter
+        return None
+
+
+class RateLimitMiddleware:
+    """Limit inbound HTTP requests per caller: 429 with ``Retry-After``, IETF RateLimit fields and a problem body.
+
+    Args:
+        app: The ASGI application to wrap.
+        limiter: The default limiter (a :class:`connectivity.RateLimiter`, or a shared one with its interface;
+            one with ``remote = True`` is awaited through ``atry_acquire``).
+        key: Who is calling (default :func:`client_ip`, through ``trusted_proxies``).
+        limits_by: Per-route limiters: a mapping of paths (exact, route templates such as ``"/items/{id}"``, or
+            prefixes ending with ``/``) to limiters, or a function ``scope -> limiter | None``.
+        plans: Per-consumer-group limiters by plan name, e.g. ``{"free": RateLimiter("10/minute"), "pro":
+            RateLimiter("1000/minute")}``; requires ``plan``.
+        plan: ``scope -> plan name | None``: the caller's plan (an unknown or missing plan gets ``limiter``).
+        exempt: Requests never limited: paths (exact, or prefixes ending with ``/``) or ``scope -> bool``.
+        headers: Send ``RateLimit-Policy`` and ``RateLimit`` on allowed responses too (a 429 always has them).
+        trusted_proxies: Addresses or CIDR blocks of the proxies whose forwarding header is believed.
+        forwarded_header: The forwarding header those proxies write: ``"x-forwarded-for"`` or ``"forwarded"``.
+
+    Raises:
+        ConfigError: An argument is invalid (a limiter without ``try_acquire``, a bad path or proxy, ``plans``
+            without ``plan``).
+
+    The first limiter that applies decides: ``limits_by``, then the plan's, then ``limiter``. Put this middleware
+    inside authentication when keys come from it (:func:`jwt_subject`), outside everything else. The decision is
+    left in ``scope["connectivity.rate_limit"]`` and the client address in ``scope["connectivity.client_ip"]``.
+    Limiters are registered with the status app under ``"limiters"``.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = (
+        "_by",
+        "_exact",
+        "_exempt",
+        "_forwarded",
+        "_networks",
+        "_plan",
+        "_plans",
+        "_policies",
+        "_prefixes",
+        "app",
+        "headers",
+        "key",
+        "key_failures",
+        "limiter",
+    )
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: Any,
+        key: KeyFunc | None = None,
+        limits_by: Mapping[str, Any] | Callable[[Scope], Any] | None = None,
+        plans: Mapping[str, Any] | None = None,
+        plan: Callable[[Scope], str | None] | None = None,
+        exempt: Iterable[str] | Callable[[Scope], bool] = DEFAULT_EXEMPT_PATHS,
+        headers: bool = True,
+        trusted_proxies: Iterable[str] = (),
+        forwarded_header: str = "x-forwarded-for",
+    ) -> None:
+        self.app = require_app("RateLimitMiddleware", app)
+        self.limiter = _require_limiter("RateLimitMiddleware.limiter", limiter)
+        self._networks = _networks("RateLimitMiddleware.trusted_proxies", trusted_proxies)
+        self._forwarded = _forwarded_header("RateLimitMiddleware.forwarded_header", forwarded_header)
+        if key is not None and not callable(key):
+            raise ConfigError("RateLimitMiddleware.key", key, "must be a key function (scope -> str)")
+        self.key: KeyFunc = key if key is not None else client_ip()
+        if limits_by is None or callable(limits_by):
+            self._by: Callable[[Scope], Any] | None = limits_by
+        elif isinstance(limits_by, Mapping):
+            self._by = _PathTable(limits_by)
+        else:
+            raise ConfigError(
+                "RateLimitMiddleware.limits_by", limits_by, "must be a mapping of paths to limiters or a function"
+            )
+        if (plans is None) != (plan is None):
+            raise ConfigError(
+                "RateLimitMiddleware.plans", plans, "plans and plan (scope -> plan name) go together"
+            )
+        if plan is not None and not callable(plan):
+            raise ConfigError("RateLimitMiddleware.plan", plan, "must be a function scope -> plan name")
+        if plans is not None and not isinstance(plans, Mapping):
+            raise ConfigError("RateLimitMiddleware.plans", plans, "must be a mapping of plan names to limiters")
+        self._plans = {
+            str(name): _require_limiter(f"RateLimitMiddleware.plans[{name!r}]", value)
+            for name, value in (plans or {}).items()
+        }
+        self._plan = plan
+        if callable(exempt):
+            self._exempt: Callable[[Scope], bool] | None = exempt
+            self._exact: frozenset[str] = frozenset()
+            self._prefixes: tuple[str, ...] = ()
+        else:
+            paths = _paths(exempt)
+            self._exempt = None
+            self._exact = frozenset(path for path in paths if not path.endswith("/"))
+            self._prefixes = tuple(path for path in paths if path.endswith("/"))
+        if not isinstance(headers, bool):
+            raise ConfigError("RateLimitMiddleware.headers", headers, "must be True or False")
+        self.headers = headers
+        self.key_failures = 0
+        self._policies: dict[int, tuple[Any, bytes | None]] = {}
+        limiters = [self.limiter, *self._plans.values()]
+        if isinstance(self._by, _PathTable):
+            limiters += [*self._by.exact.values(), *self._by.templates.values()]
+            limiters += [limiter for _, limiter in self._by.prefixes]
+        _register_all(limiters)
+
+    # -- choosing ----------------------------------------------------------------------------------------------
+    def _is_exempt(self, scope: Scope) -> bool:
+        if self._exempt is not None:
+            try:
+                return bool(self._exempt(scope))
+            except Exception:
+                _log.warning("rate-limit exemption function failed: request not exempt", exc_info=True)
+                return False
+        path = str(scope.get("path", ""))
+        return path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes))
+
+    def _choose(self, scope: Scope) -> Any:
+        if self._by is not None:
+            try:
+                chosen = self._by(scope)
+            except Exception:
+                _log.warning(
+                    "rate-limit limits_by function failed: using the plan or default limiter", exc_info=True
+                )
+                chosen = None
+            if chosen is not None:
+                return chosen
+        if self._plan is not None:
+            try:
+                name = self._plan(scope)
+            except Exception:
+                _log.warning("rate-limit plan function failed: using the default limiter", exc_info=True)
+                name = None
+            chosen = self._plans.get(name) if isinstance(name, str) else None
+            if chosen is not None:
+                return chosen
+        return self.limiter
+
+    def _key_of(self, scope: Scope) -> str:
+        try:
+            key = self.key(scope)
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"a key function must return a non-empty string, not {type(key).__name__}")
+        except Exception as exc:
+            self.key_failures += 1
+            failures = self.key_failures
+            if failures & (failures - 1) == 0:  # 1st, 2nd, 4th, 8th, ...: an attacker cannot flood the log
+                _log.warning(
+                    "rate-limit key function %s failed (%s, %d time(s) so far): limiting by client address",
+                    getattr(self.key, "__qualname__", repr(self.key)),
+                    type(exc).__name__,
+                    failures,
+                )
+            key = _fallback(scope)
+        return key
+
+    def _policy_of(self, limiter: Any) -> bytes | None:
+        cached = self._policies.get(id(limiter))
+        if cached is not None and cached[0] is limiter:  # holding the limiter keeps its id from being reused
+            return cached[1]
+        text = _policy(limiter)
+        policy = None if text is None else text.encode("ascii")
+        if len(self._policies) >= _MAX_CACHED_POLICIES:  # a limits_by function that makes a limiter per call
+            self._policies.clear()
+        self._policies[id(limiter)] = (limiter, policy)
+        return policy
+
+    # -- answering ---------------------------------------------------------------------------------------------
+    async def _refuse(self, send: Send, decision: Any, policy: bytes | None) -> None:
+        name = str(decision.limit.name)
+        retry_after = retry_after_field(decision.retry_after)
+        events.emit(
+            events.RATE_LIMIT_REFUSED,
+            {semconv.CONNECTIVITY_REASON: name, semconv.CONNECTIVITY_DELAY: float(decision.retry_after)},
+        )
+        body = problem_body(name, int(retry_after))
+        headers = [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"retry-after", retry_after.encode("ascii")),
+            (b"ratelimit", ratelimit_field(name, 0, decision.retry_after).encode("ascii")),
+            (b"cache-control", b"no-store"),
+        ]
+        if policy is not None:
+            headers.append((b"ratelimit-policy", policy))
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._is_exempt(scope):
+            await self.app(scope, receive, send)
+            return
+        scope[CLIENT_IP_SCOPE_KEY] = _resolve(scope, self._networks, self._forwarded)
+        limiter = self._choose(scope)
+        key = self._key_of(scope)
+        try:
+            if getattr(limiter, "remote", False):
+                decision = await limiter.atry_acquire(key, 1.0)
+            else:
+                decision = limiter.try_acquire(key, 1.0)
+        except Exception:
+            _log.warning(
+                "rate limiter %r failed: request let through", getattr(limiter, "name", limiter), exc_info=True
+            )
+            await self.app(scope, receive, send)
+            return
+        scope[DECISION_SCOPE_KEY] = decision
+        policy = self._policy_of(limiter)
+        if not decision.allowed:
+            await self._refuse(send, decision, policy)
+            return
+        if self.headers:
+            send = _with_fields(
+                send, policy, ratelimit_field(decision.limit.name, decision.remaining, reset_seconds(decision))
+            )
+        await self.app(scope, receive, send)
+
+
+def _with_fields(send: Send, policy: bytes | None, ratelimit: str) -> Send:
+    added = [(b"ratelimit", ratelimit.encode("ascii"))]
+    if policy is not None:
+        added.append((b"ratelimit-policy", policy))
+
+    async def send_with_fields(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers") or ())
+            present = {name.lower() for name, _ in headers}
+            if b"ratelimit" not in present and b"ratelimit-policy" not in present:  # the app's own fields win
+                message = {**message, "headers": headers + added}
+        await send(message)
+
+    return send_with_fields
+
+
+def _register_all(limiters: Iterable[Any]) -> None:
+    from connectivity.admin.registry import register  # lazy: the registry imports the transports package
+
+    seen: set[int] = set()
+    for limiter in limiters:
+        name = getattr(limiter, "name", None)
+        if id(limiter) in seen or not isinstance(name, str) or not name.strip():
+            continue
+        if callable(getattr(limiter, "status", None)):
+            seen.add(id(limiter))
+            register("limiters", name, limiter)
+
+
+def _paths(paths: object) -> tuple[str, ...]:
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
+        raise ConfigError("RateLimitMiddleware.exempt", paths, "must be a collection of paths or a function")
+    result = tuple(paths)
+    for path in result:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError("RateLimitMiddleware.exempt", path, "must be a path starting with '/'")
+    return result
+
+
+# -- FastAPI ----------------------------------------------------------------------------------------------------
+def rate_limit(
+    limiter: Any,
+    key: KeyFunc | None = None,
+    *,
+    headers: bool = True,
+    trusted_proxies: Iterable[str] = (),
+) -> Callable[..., Awaitable[None]]:
+    """A FastAPI dependency that limits one endpoint: ``Depends(rate_limit(RateLimiter("5/minute")))``.
+
+    Args:
+        limiter: The limiter for the endpoint(s) depending on it.
+        key: Who is calling (default: the client address, as :class:`RateLimitMiddleware` resolved it if it runs,
+            else through ``trusted_proxies``).
+        headers: Add ``RateLimit-Policy`` and ``RateLimit`` to allowed responses.
+        trusted_proxies: Proxies whose forwarding header is believed when no middleware resolved the address.
+
+    Returns:
+        An async dependency (needs ``starlette``, imported when this is called) that raises
+        ``starlette.exceptions.HTTPException(429)`` with ``Retry-After``, ``RateLimit-Policy`` and ``RateLimit``
+        headers when the limiter refuses. A key function that raises falls back to the client address.
+
+    .. versionadded:: 0.1
+    """
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    limiter = _require_limiter("rate_limit.limiter", limiter)
+    networks = _networks("rate_limit.trusted_proxies", trusted_proxies)
+    if key is not None and not callable(key):
+        raise ConfigError("rate_limit.key", key, "must be a key function (scope -> str)")
+    key_of = key if key is not None else client_ip()
+    policy = _policy(limiter)
+    _register_all([limiter])
+
+    async def dependency(request: Request, response: Response) -> None:
+        scope = request.scope
+        if not isinstance(scope.get(CLIENT_IP_SCOPE_KEY), str):
+            scope[CLIENT_IP_SCOPE_KEY] = _resolve(scope, networks, "x-forwarded-for")
+        try:
+            caller = key_of(scope)
+            if not isinstance(caller, str) or not caller:
+                raise TypeError("a key function must return a non-empty string")
+        except Exception as exc:
+            _log.warning("rate-limit key function failed (%s): limiting by client address", type(exc).__name__)
+            caller = _fallback(scope)
+        if getattr(limiter, "remote", False):
+            decision = await limiter.atry_acquire(caller, 1.0)
+        else:
+            decision = limiter.try_acquire(caller, 1.0)
+        fields = {} if policy is None else {"RateLimit-Policy": policy}
+        name = str(decision.limit.name)
+        if not decision.allowed:
+            retry_after = retry_after_field(decision.retry_after)
+            events.emit(
+                events.RATE_LIMIT_REFUSED,
+                {semconv.CONNECTIVITY_REASON: name, semconv.CONNECTIVITY_DELAY: float(decision.retry_after)},
+            )
+            fields |= {"Retry-After": retry_after, "RateLimit": ratelimit_field(name, 0, decision.retry_after)}
+            raise HTTPException(
+                429, detail=f"rate limit {name!r} exceeded: retry in {retry_after} s", headers=fields
+            )
+        if headers:
+            fields["RateLimit"] = ratelimit_field(name, decision.remaining, reset_seconds(decision))
+            response.headers.update(fields)
+
+    # FastAPI reads the parameters' types from the signature; with postponed annotations they would be strings
+    # naming classes this module does not import at the top.
+    dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+            inspect.Parameter("response", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Response),
+        ],
+        return_annotation=None,
+    )
+    return dependency

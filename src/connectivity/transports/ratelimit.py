@@ -1,0 +1,760 @@
+"""Client-side rate limiting as a transport: wait for (or refuse) what the limiter does not allow yet, and hold off
+a host that says it is throttling us.
+
+Theory of operation: every decision lives in the limiter (:class:`connectivity.RateLimiter`, or a shared one with
+the same interface such as ``connectivity.backends.redis_ratelimit.RedisRateLimiter``); this layer picks the key,
+asks, and acts on the answer.
+
+**Keys.** ``scope="client"``: one key for the whole client; ``"host"``: one per ``host:port``; ``"route"``: one
+per method and route, the route being ``request.extensions["connectivity.route"]`` (a path template such as
+``"/users/{id}"``, so that every user shares one key) or else the request path.
+
+**Waiting** (``mode="wait"``). A call the limiter refuses waits until it would be allowed, on the transport's
+clock. Waiters of one key form a FIFO queue: only the head of the queue asks the limiter, and a newcomer that finds
+others waiting queues behind them, even if a permit happens to be free at that instant, so nobody is overtaken.
+Before joining, a call works out its wait from the limiter (the time until ``queued + 1`` calls would be allowed,
+which GCRA answers exactly) and, if that is longer than ``max_wait`` or than what is left of the ambient deadline
+(:func:`connectivity.deadline`), it is refused at once with :class:`~connectivity.RateLimitedError` instead of
+waiting for nothing. A waiter that is cancelled leaves the queue having taken nothing (refused requests never
+consume), and the next one takes its place at the head. Async waits sleep on ``clock.asleep`` (a
+:class:`~connectivity.testing.FakeClock` drives them); sync waits on ``clock.sleep``, or, behind another thread,
+on a :class:`threading.Event`. The queue belongs to this transport: two transports sharing a limiter are each
+fair among their own callers.
+
+**Refusing** (``mode="reject"``): a refused call raises :class:`~connectivity.RateLimitedError` with
+``retry_after`` at once; there is no queue.
+
+**Cooperative throttling** (``adapt=True``). An upstream is *held off* when it answers 429 or 503 with a valid
+``Retry-After`` (delay-seconds or an HTTP-date), or when any response carries IETF fields
+(draft-ietf-httpapi-ratelimit-headers-10) saying a quota is spent: a ``RateLimit`` item with ``r=0`` (for its
+``t`` seconds, or the window ``w`` of its policy when ``t`` is missing), or a ``RateLimit-Policy`` item granting
+``q=0`` (for its ``w``). No call to that ``host:port`` then leaves before the time is up, whatever the scope: the
+transport keeps the hold-off itself, and also tells the limiter (``limiter.hold_off(host, seconds)``) so that a
+limiter shared with other clients or processes holds off too. ``Retry-After`` takes precedence over
+``RateLimit``, as the draft says; a hold-off is capped at ``max_hold_off`` (a server, or anyone in the middle,
+must not be able to switch a client off for a day). Malformed fields are ignored, never raised.
+
+Every wait emits :data:`~connectivity.telemetry.events.RATE_LIMIT_WAIT` and every refusal
+:data:`~connectivity.telemetry.events.RATE_LIMIT_REFUSED` (reason: the limit's name, or ``"retry-after"`` for a
+hold-off). The limiter is registered with the status app under ``"limiters"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import contextlib
+import logging
+import math
+import re
+import threading
+from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import httpx
+
+from connectivity.errors import ConfigError, RateLimitedError
+from connectivity.policies._validate import finite_non_negative, finite_positive
+from connectivity.policies.clock import SYSTEM_CLOCK, Clock
+from connectivity.policies.deadline import current_deadline
+from connectivity.policies.ratelimit import RateLimiter
+from connectivity.policies.retry_after import parse_retry_after
+from connectivity.telemetry import events, semconv
+from connectivity.telemetry.redaction import DEFAULT_REDACTION
+from connectivity.transports._base import Inner, Layer
+
+__all__ = ["EXTENSION", "HOLD_OFF", "ROUTE_EXTENSION", "THROTTLE_STATUSES", "RateLimitTransport"]
+
+Scope = Literal["client", "host", "route"]
+Mode = Literal["wait", "reject"]
+_SCOPES = ("client", "host", "route")
+_MODES = ("wait", "reject")
+
+ROUTE_EXTENSION = "connectivity.route"
+"""Request extension holding the route template (e.g. ``"/users/{id}"``) that ``scope="route"`` keys by."""
+EXTENSION = "connectivity.rate_limit"
+"""Per-request override: ``False`` skips the limiter for this call; a number > 0 is the call's cost."""
+THROTTLE_STATUSES = frozenset({429, 503})
+"""Statuses whose ``Retry-After`` makes the client hold off the host."""
+HOLD_OFF = "retry-after"
+"""The reason reported (events, errors) when a call waits for or is refused by a host's hold-off."""
+
+_MIN_SLEEP = 0.001  # a limiter that says "refused, retry in 0 s" must not make a waiter spin
+_log = logging.getLogger("connectivity.ratelimit")
+
+
+def _register(limiter: Any) -> None:
+    name = getattr(limiter, "name", None)
+    if not isinstance(name, str) or not name.strip() or not callable(getattr(limiter, "status", None)):
+        return  # a duck-typed limiter without a name or a status has nothing to show
+    # Imported here: the admin registry imports this package (for Layer), so a top-level import would be a cycle.
+    from connectivity.admin.registry import register
+
+    register("limiters", name, limiter)
+
+
+def _host(request: httpx.Request) -> str:
+    return request.url.netloc.decode("ascii")
+
+
+# -- waiting in line ------------------------------------------------------------------------------------------
+class _SyncWaiter:
+    """A thread waiting for its turn: woken through a threading.Event, from any thread."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+class _AsyncWaiter:
+    """A task waiting for its turn: it sleeps out its budget in a cancel scope that a wake-up cancels.
+
+    The scope exists before the ticket is queued, so a wake-up that comes before the wait begins is not lost (a
+    scope cancelled before it is entered cancels its body at once).
+    """
+
+    __slots__ = ("scope", "thread", "token")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.thread = threading.get_ident()
+        self.token = anyio.lowlevel.current_token()
+
+    def wake(self) -> None:
+        if threading.get_ident() == self.thread:
+            self.scope.cancel()
+            return
+        # Woken from another thread (a sync client, another loop): anyio objects are not thread-safe.
+        token = self.token
+        with contextlib.suppress(RuntimeError):  # the waiter's loop is gone, and the waiter with it
+            token.backend_class.run_sync_soon(self.scope.cancel, (), token.native_token)
+
+
+class _Ticket:
+    """A place in a key's queue. ``head`` is set (under the transport's lock) when it reaches the front."""
+
+    __slots__ = ("cost", "head", "waiter")
+
+    def __init__(self, waiter: _SyncWaiter | _AsyncWaiter, cost: float) -> None:
+        self.waiter = waiter
+        self.cost = cost
+        self.head = False
+
+    def at_front(self) -> bool:
+        # A method, not the attribute: another thread or task sets ``head`` while this one waits.
+        return self.head
+
+
+class RateLimitTransport(Layer):
+    """Keep outbound calls within a rate limit: wait for a permit (FIFO, bounded) or refuse, and back off a host
+    that answers 429/503 with ``Retry-After`` or says its quota is exhausted.
+
+    Args:
+        inner: The transport to call.
+        limiter: The policy: a :class:`connectivity.RateLimiter`, or any object with the same interface
+            (``try_acquire``, ``peek``, ``hold_off``, ``name``); one with ``remote = True`` is awaited through
+            its ``atry_acquire`` / ``apeek`` in async code (and ``ahold_off`` if it has one, else ``hold_off`` in a
+            worker thread).
+        scope: ``"client"`` (one key), ``"host"`` (one per ``host:port``) or ``"route"`` (one per method and route
+            template from ``request.extensions["connectivity.route"]``, else per path).
+        mode: ``"wait"`` until permitted, or ``"reject"`` at once with :class:`~connectivity.RateLimitedError`.
+        max_wait: The longest a call may wait for a permit, in seconds (``mode="wait"``); the ambient deadline
+            may shorten it.
+        clock: Time source for waits and hold-offs (inject :class:`~connectivity.testing.FakeClock` in tests).
+        adapt: Hold off a host that asks for it (``Retry-After`` on 429/503, exhausted ``RateLimit`` fields).
+        max_hold_off: The longest hold-off a response can impose, in seconds.
+
+    Raises:
+        ConfigError: An argument is out of range.
+        RateLimitedError: (from a call) The limiter refused (``mode="reject"``), or the wait for a permit would
+            outlast ``max_wait`` or the deadline; nothing was sent. ``retry_after`` says when it would pass.
+
+    A call's cost is 1, or ``request.extensions["connectivity.rate_limit"]`` when that is a number > 0;
+    ``False`` there lets the call through without asking the limiter (hold-offs still apply to later calls).
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = (
+        "_adapt",
+        "_clock",
+        "_holds",
+        "_limiter",
+        "_lock",
+        "_max_hold_off",
+        "_max_wait",
+        "_mode",
+        "_queues",
+        "_remote",
+        "_scope",
+    )
+
+    def __init__(
+        self,
+        inner: Inner,
+        limiter: RateLimiter | Any,
+        *,
+        scope: Scope = "client",
+        mode: Mode = "wait",
+        max_wait: float = 1.0,
+        clock: Clock = SYSTEM_CLOCK,
+        adapt: bool = True,
+        max_hold_off: float = 600.0,
+    ) -> None:
+        super().__init__(inner)
+        if not all(callable(getattr(limiter, method, None)) for method in ("try_acquire", "peek", "hold_off")):
+            raise TypeError(
+                "limiter must be a connectivity.RateLimiter (or have try_acquire, peek and hold_off), "
+                f"got {type(limiter).__name__}"
+            )
+        if scope not in _SCOPES:
+            raise ConfigError("RateLimitTransport.scope", scope, f"must be one of {', '.join(_SCOPES)}")
+        if mode not in _MODES:
+            raise ConfigError("RateLimitTransport.mode", mode, f"must be one of {', '.join(_MODES)}")
+        if not isinstance(adapt, bool):
+            raise ConfigError("RateLimitTransport.adapt", adapt, "must be True or False")
+        self._limiter: Any = limiter
+        self._scope = scope
+        self._mode = mode
+        self._max_wait = finite_non_negative("RateLimitTransport.max_wait", max_wait)
+        self._max_hold_off = finite_positive("RateLimitTransport.max_hold_off", max_hold_off)
+        self._clock = clock
+        self._adapt = adapt
+        self._remote = bool(getattr(limiter, "remote", False))
+        self._lock = threading.Lock()
+        self._queues: dict[str, collections.deque[_Ticket]] = {}
+        self._holds: dict[str, float] = {}  # host:port -> clock time until which nothing is sent there
+        _register(limiter)
+
+    @property
+    def limiter(self) -> RateLimiter | Any:
+        """The policy."""
+        return self._limiter
+
+    def describe(self) -> dict[str, object]:
+        """What the status app shows for this layer: configuration, callers waiting, hosts held off."""
+        now = self._clock.now()
+        with self._lock:
+            waiting = sum(len(queue) for queue in self._queues.values())
+            held = {host: round(until - now, 3) for host, until in self._holds.items() if until > now}
+        return {
+            "limiter": getattr(self._limiter, "name", type(self._limiter).__name__),
+            "scope": self._scope,
+            "mode": self._mode,
+            "max_wait": self._max_wait,
+            "adapt": self._adapt,
+            "waiting": waiting,
+            "held_off": held,
+        }
+
+    # -- keys, budgets, refusals -------------------------------------------------------------------------------
+    def _key(self, request: httpx.Request) -> str:
+        if self._scope == "client":
+            return ""
+        if self._scope == "host":
+            return _host(request)
+        route = request.extensions.get(ROUTE_EXTENSION)
+        return f"{request.method} {route if isinstance(route, str) and route else request.url.path}"
+
+    @staticmethod
+    def _cost(request: httpx.Request) -> float | None:
+        value = request.extensions.get(EXTENSION, 1.0)
+        if value is False:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            return 1.0
+        return float(value)
+
+    def _held(self, host: str) -> float:
+        """Seconds ``host`` is still held off (0 when it is not)."""
+        if not self._holds:  # the common case, without the lock
+            return 0.0
+        now = self._clock.now()
+        with self._lock:
+            until = self._holds.get(host)
+            if until is None:
+                return 0.0
+            if until <= now:
+                del self._holds[host]
+                return 0.0
+            return until - now
+
+    def _budget(self) -> tuple[float, str]:
+        """How long a call may wait here, and what sets that limit."""
+        budget, bound = self._max_wait, "max_wait"
+        deadline = current_deadline()
+        if deadline is not None:
+            left = max(0.0, deadline.remaining())
+            if left < budget:
+                budget, bound = left, "the deadline"
+        return budget, bound
+
+    def _refused(self, request: httpx.Request, limit: str, retry_after: float, why: str) -> RateLimitedError:
+        events.emit(
+            events.RATE_LIMIT_REFUSED,
+            {semconv.CONNECTIVITY_REASON: limit, semconv.CONNECTIVITY_DELAY: retry_after},
+        )
+        name = str(getattr(self._limiter, "name", ""))
+        url = DEFAULT_REDACTION.url(str(request.url))
+        return RateLimitedError(
+            f"rate limit {limit!r} of {name!r} refused {request.method} {url}: {why}; nothing was sent",
+            request=request,
+            limiter=name,
+            limit=limit,
+            retry_after=retry_after,
+        )
+
+    def _too_long(
+        self, request: httpx.Request, limit: str, wait: float, budget: float, bound: str
+    ) -> RateLimitedError:
+        return self._refused(
+            request, limit, wait, f"it would pass in {wait:.3g} s, longer than {bound} allows ({budget:.3g} s)"
+        )
+
+    def _still_queued(self, request: httpx.Request, limit: str, estimate: float, bound: str) -> RateLimitedError:
+        # The wait was expected to fit; the queue moved slower (a hold-off, another user of a shared limiter).
+        return self._refused(request, limit, estimate, f"still queued behind other calls when {bound} ran out")
+
+    # -- the queue ---------------------------------------------------------------------------------------------
+    def _ahead(self, key: str) -> float:
+        """The cost already queued for ``key``."""
+        if not self._queues:
+            return 0.0
+        with self._lock:
+            queue = self._queues.get(key)
+            return sum(ticket.cost for ticket in queue) if queue else 0.0
+
+    def _enqueue(self, key: str, ticket: _Ticket) -> None:
+        with self._lock:
+            queue = self._queues.setdefault(key, collections.deque())
+            ticket.head = not queue
+            queue.append(ticket)
+
+    def _dequeue(self, key: str, ticket: _Ticket) -> None:
+        """Leave the queue (served, refused or cancelled); if ``ticket`` was the head, the next one is."""
+        successor: _Ticket | None = None
+        with self._lock:
+            queue = self._queues.get(key)
+            if queue is None:
+                return
+            was_head = bool(queue) and queue[0] is ticket
+            with contextlib.suppress(ValueError):
+                queue.remove(ticket)
+            if not queue:
+                del self._queues[key]
+            elif was_head:
+                successor = queue[0]
+                successor.head = True
+        if successor is not None:
+            successor.waiter.wake()
+
+    # -- cooperative throttling --------------------------------------------------------------------------------
+    def _hold_for(self, response: httpx.Response) -> float | None:
+        try:
+            seconds = hold_off_seconds(response.status_code, response.headers, now=self._clock.time())
+        except Exception:  # a parser bug must not turn a good response into an error
+            _log.exception("could not read the rate-limit fields of a response")
+            return None
+        if seconds is None or seconds <= 0:
+            return None
+        return min(seconds, self._max_hold_off)
+
+    def _record_hold(self, host: str, seconds: float) -> None:
+        now = self._clock.now()
+        with self._lock:
+            until = now + seconds
+            if until > self._holds.get(host, -math.inf):
+                self._holds[host] = until
+            for other in [other for other, until in self._holds.items() if until <= now]:
+                del self._holds[other]
+
+    def _observe(self, request: httpx.Request, response: httpx.Response) -> None:
+        seconds = self._hold_for(response)
+        if seconds is None:
+            return
+        host = _host(request)
+        self._record_hold(host, seconds)
+        try:
+            self._limiter.hold_off(host, seconds)
+        except Exception:  # a shared limiter that is unreachable: the local hold-off still applies
+            _log.warning(
+                "limiter %r could not record a hold-off", getattr(self._limiter, "name", ""), exc_info=True
+            )
+
+    async def _aobserve(self, request: httpx.Request, response: httpx.Response) -> None:
+        seconds = self._hold_for(response)
+        if seconds is None:
+            return
+        host = _host(request)
+        self._record_hold(host, seconds)
+        try:
+            if not self._remote:
+                self._limiter.hold_off(host, seconds)
+            elif callable(ahold_off := getattr(self._limiter, "ahold_off", None)):
+                await ahold_off(host, seconds)
+            else:  # a shared store's round trip must not block the event loop
+                await anyio.to_thread.run_sync(self._limiter.hold_off, host, seconds)
+        except Exception:
+            _log.warning(
+                "limiter %r could not record a hold-off", getattr(self._limiter, "name", ""), exc_info=True
+            )
+
+    # -- admission ---------------------------------------------------------------------------------------------
+    def _admit(self, request: httpx.Request) -> None:
+        """Return when the call may go (sync), or raise the refusal."""
+        cost = self._cost(request)
+        if cost is None:
+            return
+        limiter, key, host = self._limiter, self._key(request), _host(request)
+        hold = self._held(host)
+        if self._mode == "reject":
+            if hold > 0:
+                raise self._refused(request, HOLD_OFF, hold, f"the host is held off for {hold:.3g} s")
+            decision = limiter.try_acquire(key, cost)
+            if not decision.allowed:
+                raise self._refused(
+                    request, decision.limit.name, decision.retry_after, f"retry in {decision.retry_after:.3g} s"
+                )
+            return
+        ahead = self._ahead(key)
+        if not ahead and hold <= 0:
+            decision = limiter.try_acquire(key, cost)
+            if decision.allowed:
+                return
+        else:
+            decision = limiter.peek(key, ahead + cost)
+        wait, limit = (
+            (hold, HOLD_OFF) if hold > decision.retry_after else (decision.retry_after, decision.limit.name)
+        )
+        budget, bound = self._budget()
+        if wait > budget:
+            raise self._too_long(request, limit, wait, budget, bound)
+        events.emit(events.RATE_LIMIT_WAIT, {semconv.CONNECTIVITY_REASON: limit, semconv.CONNECTIVITY_DELAY: wait})
+        clock = self._clock
+        give_up_at = clock.now() + budget
+        waiter = _SyncWaiter()
+        ticket = _Ticket(waiter, cost)
+        self._enqueue(key, ticket)
+        try:
+            while True:
+                if not ticket.at_front():
+                    waiter.event.wait(max(0.0, give_up_at - clock.now()))
+                    if not ticket.at_front():
+                        estimate = max(limiter.peek(key, self._ahead(key)).retry_after, self._held(host))
+                        raise self._still_queued(request, limit, estimate, bound)
+                    continue
+                hold = self._held(host)
+                if hold > 0:
+                    delay, limit = hold, HOLD_OFF
+                else:
+                    decision = limiter.try_acquire(key, cost)
+                    if decision.allowed:
+                        return
+                    delay, limit = decision.retry_after, decision.limit.name
+                if clock.now() + delay > give_up_at + 1e-9:
+                    raise self._too_long(request, limit, delay, budget, bound)
+                clock.sleep(max(delay, _MIN_SLEEP))
+        finally:
+            self._dequeue(key, ticket)
+
+    async def _try(self, key: str, cost: float) -> Any:
+        if self._remote:
+            return await self._limiter.atry_acquire(key, cost)
+        return self._limiter.try_acquire(key, cost)
+
+    async def _peek(self, key: str, cost: float) -> Any:
+        if self._remote:
+            return await self._limiter.apeek(key, cost)
+        return self._limiter.peek(key, cost)
+
+    async def _aadmit(self, request: httpx.Request) -> None:
+        """Return when the call may go (async), or raise the refusal."""
+        cost = self._cost(request)
+        if cost is None:
+            return
+        key, host = self._key(request), _host(request)
+        hold = self._held(host)
+        if self._mode == "reject":
+            if hold > 0:
+                raise self._refused(request, HOLD_OFF, hold, f"the host is held off for {hold:.3g} s")
+            decision = await self._try(key, cost)
+            if not decision.allowed:
+                raise self._refused(
+                    request, decision.limit.name, decision.retry_after, f"retry in {decision.retry_after:.3g} s"
+                )
+            return
+        ahead = self._ahead(key)
+        if not ahead and hold <= 0:
+            decision = await self._try(key, cost)
+            if decision.allowed:
+                return
+        else:
+            decision = await self._peek(key, ahead + cost)
+        wait, limit = (
+            (hold, HOLD_OFF) if hold > decision.retry_after else (decision.retry_after, decision.limit.name)
+        )
+        budget, bound = self._budget()
+        if wait > budget:
+            raise self._too_long(request, limit, wait, budget, bound)
+        events.emit(events.RATE_LIMIT_WAIT, {semconv.CONNECTIVITY_REASON: limit, semconv.CONNECTIVITY_DELAY: wait})
+        clock = self._clock
+        give_up_at = clock.now() + budget
+        waiter = _AsyncWaiter()
+        ticket = _Ticket(waiter, cost)
+        self._enqueue(key, ticket)
+        try:
+            while True:
+                if not ticket.at_front():
+                    with waiter.scope:
+                        await clock.asleep(max(0.0, give_up_at - clock.now()))
+                    if not ticket.at_front():
+                        estimate = max((await self._peek(key, self._ahead(key))).retry_after, self._held(host))
+                        raise self._still_queued(request, limit, estimate, bound)
+                    continue
+                hold = self._held(host)
+                if hold > 0:
+                    delay, limit = hold, HOLD_OFF
+                else:
+                    decision = await self._try(key, cost)
+                    if decision.allowed:
+                        return
+                    delay, limit = decision.retry_after, decision.limit.name
+                if clock.now() + delay > give_up_at + 1e-9:
+                    raise self._too_long(request, limit, delay, budget, bound)
+                await clock.asleep(max(delay, _MIN_SLEEP))
+        finally:
+            self._dequeue(key, ticket)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self._sync or self._sync_inner()
+        self._admit(request)
+        response = inner.handle_request(request)
+        if self._adapt:
+            self._observe(request, response)
+        return response
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self._async or self._async_inner()
+        await self._aadmit(request)
+        response = await inner.handle_async_request(request)
+        if self._adapt:
+            await self._aobserve(request, response)
+        return response
+
+
+# -- reading what the upstream says -----------------------------------------------------------------------------
+def hold_off_seconds(status: int, headers: httpx.Headers, *, now: float) -> float | None:
+    """How long an upstream asks its clients to hold off, from one response; ``None`` when it does not.
+
+    ``Retry-After`` counts on 429 and 503 responses and takes precedence. Otherwise the IETF fields (draft-ietf-
+    httpapi-ratelimit-headers-10) count on any response: a ``RateLimit`` item with ``r=0`` holds off for its ``t``
+    (or for the window ``w`` of the ``RateLimit-Policy`` item of the same name), a ``RateLimit-Policy`` item with
+    ``q=0`` for its ``w``; with several, the longest. A field that is not a valid structured-field List of String
+    items with integer parameters is ignored as a whole, as the draft requires.
+
+    Args:
+        status: The response status.
+        headers: The response headers.
+        now: The current POSIX time (for an HTTP-date ``Retry-After``).
+    """
+    if status in THROTTLE_STATUSES:
+        retry_after = parse_retry_after(headers.get("retry-after"), now=now)
+        if retry_after is not None:
+            return retry_after
+    policies = _quota_items(headers, "ratelimit-policy", required="q")
+    limits = _quota_items(headers, "ratelimit", required="r")
+    if not policies and not limits:
+        return None
+    windows = {name: params["w"] for name, params in policies if params.get("w")}
+    longest: float | None = None
+    for name, params in limits:
+        if params["r"] == 0:
+            seconds = params.get("t", windows.get(name))
+            if seconds is not None and (longest is None or seconds > longest):
+                longest = float(seconds)
+    for _, params in policies:
+        window = params.get("w")
+        if params["q"] == 0 and window and (longest is None or window > longest):
+            longest = float(window)
+    return longest
+
+
+_INTEGER_PARAMS = {"q", "w", "r", "t"}
+
+
+def _quota_items(headers: httpx.Headers, name: str, *, required: str) -> list[tuple[str, dict[str, int]]]:
+    """The items of a ``RateLimit``/``RateLimit-Policy`` field; empty when absent or malformed."""
+    lines = headers.get_list(name)
+    if not lines:
+        return []
+    members = parse_sf_list(",".join(lines))
+    if not members:
+        return []
+    items: list[tuple[str, dict[str, int]]] = []
+    for value, params in members:
+        if not isinstance(value, str) or isinstance(value, _Token) or required not in params:
+            return []
+        numbers: dict[str, int] = {}
+        for key in _INTEGER_PARAMS & params.keys():
+            number = params[key]
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                return []
+            if key == "w" and number == 0:
+                return []
+            numbers[key] = number
+        items.append((value, numbers))
+    return items
+
+
+# -- RFC 8941 structured fields: just enough to parse a List ---------------------------------------------------
+class _Token(str):
+    """An sf-token (distinct from an sf-string, which the RateLimit fields require)."""
+
+    __slots__ = ()
+
+
+class _Malformed(ValueError):
+    pass
+
+
+_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
+_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_BASE64 = re.compile(r"[A-Za-z0-9+/=]*")
+
+Params = dict[str, object]
+
+
+def parse_sf_list(text: str) -> list[tuple[object, Params]] | None:
+    """Parse a structured-field List (RFC 8941 §4.2.1) into ``(bare item, parameters)`` pairs.
+
+    Inner lists are returned as Python lists. Returns ``None`` when the text is not a valid List.
+    """
+    try:
+        return _List(text).parse()
+    except _Malformed:
+        return None
+
+
+class _List:
+    __slots__ = ("i", "s")
+
+    def __init__(self, text: str) -> None:
+        self.s = text.strip(" \t")
+        self.i = 0
+
+    def parse(self) -> list[tuple[object, Params]]:
+        s = self.s
+        members: list[tuple[object, Params]] = []
+        if not s.isascii():
+            raise _Malformed
+        while self.i < len(s):
+            members.append(self._member())
+            self._ows()
+            if self.i >= len(s):
+                return members
+            if s[self.i] != ",":
+                raise _Malformed
+            self.i += 1
+            self._ows()
+            if self.i >= len(s):
+                raise _Malformed  # a trailing comma
+        return members
+
+    def _ows(self) -> None:
+        while self.i < len(self.s) and self.s[self.i] in " \t":
+            self.i += 1
+
+    def _member(self) -> tuple[object, Params]:
+        if self.s.startswith("(", self.i):
+            self.i += 1
+            inner: list[tuple[object, Params]] = []
+            while True:
+                while self.s.startswith(" ", self.i):
+                    self.i += 1
+                if self.s.startswith(")", self.i):
+                    self.i += 1
+                    return inner, self._params()
+                inner.append((self._bare(), self._params()))
+                if not self.s.startswith((" ", ")"), self.i):
+                    raise _Malformed
+        return self._bare(), self._params()
+
+    def _params(self) -> Params:
+        params: Params = {}
+        while self.s.startswith(";", self.i):
+            self.i += 1
+            while self.s.startswith(" ", self.i):
+                self.i += 1
+            match = _KEY.match(self.s, self.i)
+            if match is None:
+                raise _Malformed
+            self.i = match.end()
+            value: object = True
+            if self.s.startswith("=", self.i):
+                self.i += 1
+                value = self._bare()
+            params[match.group()] = value
+        return params
+
+    def _bare(self) -> object:
+        s, i = self.s, self.i
+        if i >= len(s):
+            raise _Malformed
+        char = s[i]
+        if char == "-" or char.isdigit():
+            match = _NUMBER.match(s, i)
+            if match is None:
+                raise _Malformed
+            text = match.group()
+            whole, _, fraction = text.lstrip("-").partition(".")
+            if (fraction and (len(whole) > 12 or len(fraction) > 3)) or (not fraction and len(whole) > 15):
+                raise _Malformed
+            self.i = match.end()
+            return float(text) if fraction else int(text)
+        if char == '"':
+            out: list[str] = []
+            i += 1
+            while i < len(s):
+                char = s[i]
+                if char == "\\":
+                    if i + 1 >= len(s) or s[i + 1] not in '"\\':
+                        raise _Malformed
+                    out.append(s[i + 1])
+                    i += 2
+                    continue
+                if char == '"':
+                    self.i = i + 1
+                    return "".join(out)
+                if not " " <= char <= "~":
+                    raise _Malformed
+                out.append(char)
+                i += 1
+            raise _Malformed  # unterminated
+        if char == ":":
+            end = s.find(":", i + 1)
+            if end == -1 or _BASE64.fullmatch(s, i + 1, end) is None:
+                raise _Malformed
+            try:
+                value = base64.b64decode(s[i + 1 : end], validate=True)
+            except (binascii.Error, ValueError):
+                raise _Malformed from None
+            self.i = end + 1
+            return value
+        if char == "?":
+            if s[i + 1 : i + 2] not in ("0", "1"):
+                raise _Malformed
+            self.i = i + 2
+            return s[i + 1] == "1"
+        match = _TOKEN.match(s, i)
+        if match is None:
+            raise _Malformed
+        self.i = match.end()
+        return _Token(match.group())
