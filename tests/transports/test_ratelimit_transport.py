@@ -23,7 +23,8 @@ from connectivity.policies.ratelimit import RateLimit, RateLimiter
 from connectivity.telemetry import events
 from connectivity.testing import FakeClock, ScriptedTransport, Step
 from connectivity.transports import ratelimit as ratelimit_module
-from connectivity.transports.ratelimit import RateLimitTransport, hold_off_seconds, parse_sf_list
+from connectivity.transports._ratelimit_fields import hold_off_seconds, parse_sf_list
+from connectivity.transports.ratelimit import RateLimitTransport
 
 from .conftest import Sender
 
