@@ -150,6 +150,12 @@ def parse_limits(text: str) -> list[RateLimit]:
     return limits
 
 
+def _cost(cost: float) -> float:
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost <= 0 or not math.isfinite(cost):
+        raise ValueError(f"cost must be a finite number > 0, got {cost!r}")
+    return cost
+
+
 class RateLimiter:
     """Keys and their GCRA state under one or more limits; thread-safe and shared by threads and tasks.
 
@@ -233,7 +239,10 @@ class RateLimiter:
                 ahead = new_tat - now
                 tolerance = limit.tolerance
                 if ahead > tolerance + 1e-9:
-                    retry_after = ahead - tolerance
+                    # A single request of more than a whole burst can never pass, however long it waits. (A peek
+                    # asks when that much would have passed one request at a time: finite.)
+                    too_big = commit and cost * limit.interval > tolerance + 1e-9
+                    retry_after = math.inf if too_big else ahead - tolerance
                     if refusal is None or retry_after > refusal.retry_after:
                         refusal = Decision(False, retry_after, 0, base - now, limit)
                     new_tats.append(tat)
@@ -255,14 +264,22 @@ class RateLimiter:
             return tightest
 
     def try_acquire(self, key: str = "", cost: float = 1.0) -> Decision:
-        """Take ``cost`` requests' worth for ``key`` from every limit, or none when any refuses."""
-        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost <= 0 or not math.isfinite(cost):
-            raise ValueError(f"cost must be a finite number > 0, got {cost!r}")
-        return self._decide(key, cost, True)
+        """Take ``cost`` requests' worth for ``key`` from every limit, or none when any refuses.
+
+        A cost above a limit's burst can never pass: its ``retry_after`` is infinite.
+
+        Raises:
+            ValueError: ``cost`` is not a finite number > 0.
+        """
+        return self._decide(key, _cost(cost), True)
 
     def peek(self, key: str = "", cost: float = 1.0) -> Decision:
-        """What :meth:`try_acquire` would answer now, without taking anything."""
-        return self._decide(key, cost, False)
+        """What :meth:`try_acquire` would answer now, without taking anything.
+
+        For a ``cost`` above the burst, ``retry_after`` says when that many requests would have passed one at a
+        time (what a queue of waiters needs to know), not "never".
+        """
+        return self._decide(key, _cost(cost), False)
 
     def wait_time(self, key: str = "", cost: float = 1.0) -> float:
         """Seconds until ``cost`` requests for ``key`` would be allowed (0 when they would be now)."""
