@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import breaker, e2e, instructions, overhead, tracing
+from bench import breaker, e2e, instructions, overhead, ratelimit, tracing
 
-_BENCHMARKS = ("overhead", "breaker", "e2e", "tracing", "instructions")
+_BENCHMARKS = ("overhead", "breaker", "ratelimit", "e2e", "tracing", "instructions")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif name == "breaker":
             results.append(
                 breaker.run(quick=args.quick, rounds=args.rounds, calls=args.count, results_dir=args.results_dir)
+            )
+        elif name == "ratelimit":
+            results.append(
+                ratelimit.run(quick=args.quick, rounds=args.rounds, calls=args.count, results_dir=args.results_dir)
             )
         elif name == "tracing":
             results.append(

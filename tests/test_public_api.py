@@ -78,7 +78,7 @@ SUBPACKAGES = {
         "TracingMiddleware",
         "rate_limit",
     ],
-    connectivity.backends: ["RedisBreakerBackend", "RedisCircuit"],
+    connectivity.backends: ["RedisBreakerBackend", "RedisCircuit", "RedisRateLimiter"],
     connectivity.telemetry: [
         "DEFAULT_REDACTION",
         "REDACTED",

@@ -12,13 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from connectivity.backends.redis import RedisBreakerBackend, RedisCircuit
+    from connectivity.backends.redis_ratelimit import RedisRateLimiter
 
-__all__ = ["RedisBreakerBackend", "RedisCircuit"]
+__all__ = ["RedisBreakerBackend", "RedisCircuit", "RedisRateLimiter"]
+
+_MODULES = {
+    "RedisBreakerBackend": "connectivity.backends.redis",
+    "RedisCircuit": "connectivity.backends.redis",
+    "RedisRateLimiter": "connectivity.backends.redis_ratelimit",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from connectivity.backends import redis
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(redis, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -14,9 +14,9 @@ which is the exactness bound the tests count. A refused request learns exactly w
 
 A :class:`RateLimiter` evaluates all its limits for a key together (e.g. 10/s and 1,000/h) and consumes from
 none of them unless every one allows: a request refused by the hourly limit does not spend the per-second one.
-Keys idle for longer than the largest tolerance are equivalent to new ones, so their state expires (a TTL cache
-from cachetools); the number of keys kept is bounded, and when it is reached the least recently used key is
-forgotten (documented: an attacker with unbounded keys resets their own, never anyone else's).
+Keys idle for longer than the largest tolerance are equivalent to new ones, so their state is dropped whenever
+the table outgrows ``max_keys``; if it is still too big, the least recently used keys go (an attacker with
+unbounded keys resets their own, never anyone else's).
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-from cachetools import TLRUCache, TTLCache
+from typing import Any
 
 from connectivity.errors import ConfigError
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
@@ -150,6 +149,16 @@ def parse_limits(text: str) -> list[RateLimit]:
     return limits
 
 
+def _prune(entries: dict[str, Any], now: float, limit: int) -> None:
+    """Drop the entries that mean nothing any more (all times in the past), then the least recently used."""
+    for key in [
+        key for key, value in entries.items() if (max(value) if isinstance(value, list) else value) <= now
+    ]:
+        del entries[key]
+    while len(entries) > limit:
+        del entries[next(iter(entries))]
+
+
 def _cost(cost: float) -> float:
     if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost <= 0 or not math.isfinite(cost):
         raise ValueError(f"cost must be a finite number > 0, got {cost!r}")
@@ -208,25 +217,26 @@ class RateLimiter:
         self.shadow = bool(shadow)
         self.clock = clock
         self._lock = threading.Lock()
-        # An idle key's state means nothing after its largest tolerance: then it expires.
-        ttl = max(limit.tolerance for limit in self.limits)
-        self._state: TTLCache[str, list[float]] = TTLCache(maxsize=max_keys, ttl=ttl, timer=clock.now)
-        # Hold-offs asked for by servers: key -> until when; each entry expires at its own time.
-        self._holds: TLRUCache[str, float] = TLRUCache(
-            maxsize=max_keys, ttu=lambda _key, until, _now: until, timer=clock.now
-        )
+        # Plain dicts, least recently used first: a key whose arrival times are all in the past is exactly a new
+        # key, so idle keys are dropped whenever the dict outgrows max_keys (then the least recently used go).
+        self._state: dict[str, list[float]] = {}
+        # Hold-offs asked for by servers: key -> until when.
+        self._holds: dict[str, float] = {}
         self.allowed = 0
         self.refused = 0
 
     def _decide(self, key: str, cost: float, commit: bool) -> Decision:
         now = self.clock.now()
         with self._lock:
-            held = self._holds.get(key)
-            if held is not None and held > now:
-                if commit:
-                    self.refused += 1
-                limit = self.limits[0]
-                return Decision(self.shadow, 0.0 if self.shadow else held - now, 0, held - now, limit)
+            if self._holds:
+                held = self._holds.get(key)
+                if held is not None:
+                    if held > now:
+                        if commit:
+                            self.refused += 1
+                        limit = self.limits[0]
+                        return Decision(self.shadow, 0.0 if self.shadow else held - now, 0, held - now, limit)
+                    del self._holds[key]
             tats = self._state.get(key)
             if tats is None:
                 tats = [now] * len(self.limits)
@@ -254,11 +264,17 @@ class RateLimiter:
             if refusal is not None:
                 if commit:
                     self.refused += 1
+                    if key in self._state:  # a refused key is in use all the same
+                        self._state[key] = self._state.pop(key)
                 if self.shadow:
                     return Decision(True, 0.0, 0, refusal.reset_after, refusal.limit)
                 return refusal
             if commit:
-                self._state[key] = new_tats
+                state = self._state
+                state.pop(key, None)  # re-inserted last: the most recently used
+                state[key] = new_tats
+                if len(state) > self.max_keys:
+                    _prune(state, now, self.max_keys)
                 self.allowed += 1
             assert tightest is not None
             return tightest
@@ -291,17 +307,20 @@ class RateLimiter:
             return
         until = self.clock.now() + seconds
         with self._lock:
-            self._holds[key] = max(until, self._holds.get(key, until))
+            holds = self._holds
+            holds[key] = max(until, holds.pop(key, until))
+            if len(holds) > self.max_keys:
+                _prune(holds, self.clock.now(), self.max_keys)
 
     def keys(self) -> Iterable[str]:
         """The keys currently tracked."""
+        now = self.clock.now()
         with self._lock:
-            return list(self._state.keys())
+            return [key for key, tats in self._state.items() if max(tats) > now]
 
     def status(self) -> dict[str, object]:
         """A JSON-ready snapshot for the status app."""
-        with self._lock:
-            keys = len(self._state)
+        keys = len(list(self.keys()))
         return {
             "name": self.name,
             "kind": "rate-limit",
