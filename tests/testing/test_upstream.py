@@ -147,12 +147,14 @@ def test_hang_until_the_client_gives_up(faulty_upstream: Upstream) -> None:
 
 @pytest.mark.anyio
 async def test_async_client_timeout_during_latency_is_a_disconnect(faulty_upstream: Upstream) -> None:
-    faulty_upstream.app.faults = Faults(latency=0.3)
+    faulty_upstream.app.faults = Faults(latency=3.0)
     async with httpx.AsyncClient(base_url=faulty_upstream.url, timeout=0.05) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.get("/")
     stats = await faulty_upstream.app.await_for(disconnected())
-    assert stats.records[0].duration < 0.3
+    # The upstream noticed the client leaving during the latency, not when it was over (with room for a loaded
+    # 2-core CI machine: the client left after 0.05 s, the latency lasts 3 s).
+    assert stats.records[0].duration < 1.5
 
 
 @pytest.mark.anyio
