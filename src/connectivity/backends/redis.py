@@ -82,9 +82,31 @@ class _Scripts:
 class _Health:
     """Whether to use Redis: after a failure, one caller tries it again every ``retry_after`` seconds."""
 
-    __slots__ = ("_lock", "_retry_after", "_retry_at", "_secrets", "_where", "down")
+    __slots__ = (
+        "_fallback",
+        "_lock",
+        "_log",
+        "_retry_after",
+        "_retry_at",
+        "_secrets",
+        "_subject",
+        "_where",
+        "down",
+    )
 
-    def __init__(self, where: str, secrets: Sequence[str], retry_after: float) -> None:
+    def __init__(
+        self,
+        where: str,
+        secrets: Sequence[str],
+        retry_after: float,
+        *,
+        subject: str = "shared circuit breaker state",
+        fallback: str = "deciding with each process's local circuit",
+        log: logging.Logger = _log,
+    ) -> None:
+        self._log = log
+        self._subject = subject
+        self._fallback = fallback
         self._lock = threading.Lock()
         self._where = where
         self._secrets = tuple(secret for secret in secrets if secret)
@@ -113,11 +135,12 @@ class _Health:
         detail = f"{type(exc).__name__}: {exc}"
         for secret in self._secrets:
             detail = detail.replace(secret, "***")
-        _log.warning(
-            "shared circuit breaker state at %s is unavailable (%s); deciding with each process's local circuit, "
-            "trying Redis again every %g s",
+        self._log.warning(
+            "%s at %s is unavailable (%s); %s, trying Redis again every %g s",
+            self._subject,
             self._where,
             detail,
+            self._fallback,
             self._retry_after,
         )
 
@@ -130,7 +153,7 @@ class _Health:
             was_down, self.down = self.down, False  # another thread may have seen the recovery first
         if not was_down:
             return
-        _log.info("shared circuit breaker state at %s is available again", self._where)
+        self._log.info("%s at %s is available again", self._subject, self._where)
 
 
 def _call_listener(listener: Callable[[Transition], None], transition: Transition) -> None:

@@ -69,7 +69,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from connectivity.backends import _ratelimit_scripts as lua
-from connectivity.backends.redis import _escape, _loop_key, _pool, _redact, _require_socket_timeout, _secrets
+from connectivity.backends.redis import (
+    _escape,
+    _Health,
+    _loop_key,
+    _pool,
+    _redact,
+    _require_socket_timeout,
+    _secrets,
+)
 from connectivity.errors import ConfigError
 from connectivity.policies._validate import finite_non_negative, finite_positive
 from connectivity.policies.ratelimit import Decision, RateLimit, RateLimiter, parse_limits
@@ -84,60 +92,6 @@ _SyncClient = redis.Redis | redis.RedisCluster
 _AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 _BATCH_MAX: Final = 10_000  # keys per sync round trip; the rest wait for the next one
 _SHA: Final = hashlib.sha1(lua.DECIDE.encode(), usedforsecurity=False).hexdigest().encode()
-
-
-class _Health:
-    """Whether to use Redis: after a failure, one caller tries it again every ``retry_after`` seconds."""
-
-    __slots__ = ("_lock", "_name", "_retry_after", "_retry_at", "_secrets", "_what", "_where", "down")
-
-    def __init__(self, name: str, where: str, secrets: Sequence[str], retry_after: float, what: str) -> None:
-        self._lock = threading.Lock()
-        self._name = name
-        self._where = where
-        self._secrets = tuple(secret for secret in secrets if secret)
-        self._retry_after = retry_after
-        self._what = what
-        self._retry_at = 0.0
-        self.down = False
-
-    def usable(self) -> bool:
-        if not self.down:
-            return True
-        now = time.monotonic()
-        if now < self._retry_at:
-            return False
-        with self._lock:
-            if now < self._retry_at:
-                return False
-            self._retry_at = now + self._retry_after  # this caller tries Redis; the others stay local meanwhile
-            return True
-
-    def failed(self, exc: BaseException) -> None:
-        with self._lock:
-            self._retry_at = time.monotonic() + self._retry_after
-            if self.down:
-                return
-            self.down = True
-        detail = f"{type(exc).__name__}: {exc}"
-        for secret in self._secrets:
-            detail = detail.replace(secret, "***")
-        _log.warning(
-            "shared rate limit state of %r at %s is unavailable (%s); %s, trying Redis again every %g s",
-            self._name,
-            self._where,
-            detail,
-            self._what,
-            self._retry_after,
-        )
-
-    def recovered(self) -> None:
-        if not self.down:
-            return
-        with self._lock:
-            was_down, self.down = self.down, False
-        if was_down:
-            _log.info("shared rate limit state of %r at %s is available again", self._name, self._where)
 
 
 class _View:
@@ -491,7 +445,14 @@ class RedisRateLimiter:
             what = f"deciding with each process's local limiter (limits divided by {expected_replicas})"
         else:
             what = "refusing every request (failure_mode='closed')"
-        self._health = _Health(name, self.url, _secrets(url), self.retry_redis_after, what)
+        self._health = _Health(
+            self.url,
+            _secrets(url),
+            self.retry_redis_after,
+            subject=f"shared rate limit state of {name!r}",
+            fallback=what,
+            log=_log,
+        )
         self._lock = threading.Lock()
         self.allowed = 0
         self.refused = 0
