@@ -267,6 +267,25 @@ def test_max_keys_forgets_the_least_recently_used_key(fake_clock: FakeClock) -> 
     assert len(list(rl.keys())) == 3
 
 
+def test_a_table_full_of_live_keys_is_cut_by_a_sixteenth_at_once(fake_clock: FakeClock) -> None:
+    rl = limiter(RateLimit(1, per=60.0, burst=1), clock=fake_clock, max_keys=32)
+    for index in range(32):
+        rl.try_acquire(f"k{index}")
+    assert len(list(rl.keys())) == 32
+    rl.try_acquire("k32")  # one too many: the 3 least recently used go, so the next 2 new keys scan nothing
+    assert sorted(rl.keys(), key=lambda key: int(key[1:])) == [f"k{index}" for index in range(3, 33)]
+    rl.try_acquire("k33")
+    rl.try_acquire("k34")
+    assert len(list(rl.keys())) == 32
+
+
+def test_an_integer_cost_takes_the_same_path_as_a_float(fake_clock: FakeClock) -> None:
+    rl = limiter(RateLimit(10, per=1.0, burst=4), clock=fake_clock)
+    assert [rl.try_acquire("k", 2).allowed for _ in range(3)] == [True, True, False]
+    assert rl.try_acquire("k", 1).retry_after == pytest.approx(0.1)
+    assert (rl.allowed, rl.refused) == (2, 2)
+
+
 # -- the limit grammar --------------------------------------------------------------------------------------------
 
 
@@ -417,6 +436,33 @@ def test_admitted_cost_in_any_window_never_exceeds_burst_plus_window_over_interv
         for end, cost in admitted[i:]:
             total += cost
             assert total <= burst + (end - start) / limit.interval + 1e-6, (start, end, total)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    traffic=_traffic,
+    rate=st.sampled_from([1.0, 3.0, 10.0]),
+    burst=st.integers(min_value=1, max_value=6),
+    hold=st.sampled_from([0.0, 0.0, 0.7]),
+)
+def test_the_single_limit_fast_path_answers_exactly_like_the_general_path(
+    traffic: list[tuple[float, float]], rate: float, burst: int, hold: float
+) -> None:
+    # A second limit that never binds sends every decision of `general` through the general path.
+    clock = FakeClock(start=1000.0)
+    limit = RateLimit(rate, per=1.0, burst=burst)
+    fast = RateLimiter(limit, clock=clock)
+    general = RateLimiter([limit, RateLimit(1e9, per=1.0)], clock=clock)
+    for step, (gap, cost) in enumerate(traffic):
+        clock.advance(gap)
+        if hold and step == 2:
+            fast.hold_off("k", hold)
+            general.hold_off("k", hold)
+        key = "k" if step % 3 else "other"
+        mine, reference = fast.try_acquire(key, cost), general.try_acquire(key, cost)
+        assert mine == reference, (step, mine, reference)
+    assert (fast.allowed, fast.refused) == (general.allowed, general.refused)
+    assert sorted(fast.keys()) == sorted(general.keys())
 
 
 @settings(max_examples=200, deadline=None)

@@ -21,12 +21,13 @@ unbounded keys resets their own, never anyone else's).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from connectivity.errors import ConfigError
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
@@ -74,6 +75,8 @@ class RateLimit:
     burst: int | None = None
     name: str = ""
     interval: float = field(init=False, repr=False)
+    tolerance: float = field(init=False, repr=False)
+    """``burst * T``: how far ahead of now a key's theoretical arrival time may run."""
 
     def __post_init__(self) -> None:
         for label, value in (("rate", self.rate), ("per", self.per)):
@@ -94,16 +97,14 @@ class RateLimit:
         if not self.name:
             object.__setattr__(self, "name", f"{self.rate:g}/{self.per:g}s")
         object.__setattr__(self, "interval", self.per / self.rate)
-
-    @property
-    def tolerance(self) -> float:
-        """``burst * T``: how far ahead of now a key's theoretical arrival time may run."""
-        return (self.burst or 1) * self.interval
+        object.__setattr__(self, "tolerance", burst * self.interval)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The answer to :meth:`RateLimiter.try_acquire`.
+class Decision(NamedTuple):
+    """The answer to :meth:`RateLimiter.try_acquire`; immutable.
+
+    A named tuple, built at the cost of a tuple on the hot path. Test ``decision.allowed``: like any non-empty
+    tuple, a decision is always true.
 
     Attributes:
         allowed: Whether the request may go (in shadow mode: whether it would have).
@@ -150,13 +151,23 @@ def parse_limits(text: str) -> list[RateLimit]:
 
 
 def _prune(entries: dict[str, Any], now: float, limit: int) -> None:
-    """Drop the entries that mean nothing any more (all times in the past), then the least recently used."""
+    """Drop the entries that mean nothing any more (all times in the past), then the least recently used.
+
+    Called when ``entries`` outgrows ``limit``. When live keys fill the table, it is cut to ``limit - limit // 16``
+    so the scan runs once per ``limit // 16`` new keys, not on every one (a stream of new keys costs O(1) each).
+    """
     for key in [
         key for key, value in entries.items() if (max(value) if isinstance(value, list) else value) <= now
     ]:
         del entries[key]
-    while len(entries) > limit:
-        del entries[next(iter(entries))]
+    if len(entries) > limit:
+        keep = limit - limit // 16
+        for key in list(itertools.islice(entries, len(entries) - keep)):
+            del entries[key]
+
+
+_INF = math.inf
+_new_tuple = tuple.__new__
 
 
 def _cost(cost: float) -> float:
@@ -181,6 +192,8 @@ class RateLimiter:
     __slots__ = (
         "_holds",
         "_lock",
+        "_now",
+        "_only",
         "_state",
         "allowed",
         "clock",
@@ -216,6 +229,10 @@ class RateLimiter:
         self.max_keys = max_keys
         self.shadow = bool(shadow)
         self.clock = clock
+        self._now = clock.now
+        # One limit: try_acquire's fast path (the common case: about 3x cheaper than the general one).
+        only = self.limits[0]
+        self._only = (only, only.interval, only.tolerance) if len(self.limits) == 1 and not self.shadow else None
         self._lock = threading.Lock()
         # Plain dicts, least recently used first: a key whose arrival times are all in the past is exactly a new
         # key, so idle keys are dropped whenever the dict outgrows max_keys (then the least recently used go).
@@ -226,7 +243,7 @@ class RateLimiter:
         self.refused = 0
 
     def _decide(self, key: str, cost: float, commit: bool) -> Decision:
-        now = self.clock.now()
+        now = self._now()
         with self._lock:
             if self._holds:
                 held = self._holds.get(key)
@@ -287,7 +304,38 @@ class RateLimiter:
         Raises:
             ValueError: ``cost`` is not a finite number > 0.
         """
-        return self._decide(key, _cost(cost), True)
+        if cost.__class__ is not float or not 0.0 < cost < _INF:
+            cost = float(_cost(cost))
+        only = self._only
+        if only is None or self._holds:
+            return self._decide(key, cost, True)
+        # One limit, no hold-offs: the general path below, unrolled (a third of its cost); a refusal is left to
+        # the general path, which decides afresh.
+        limit, interval, tolerance = only
+        now = self._now()
+        lock = self._lock
+        lock.acquire()
+        try:
+            state = self._state
+            tats = state.pop(key, None)
+            tat = now if tats is None else tats[0]
+            new_tat = (tat if tat > now else now) + cost * interval
+            ahead = new_tat - now
+            if ahead <= tolerance + 1e-9:
+                if tats is None:
+                    tats = [new_tat]
+                else:
+                    tats[0] = new_tat
+                state[key] = tats  # re-inserted last: the most recently used
+                if len(state) > self.max_keys:
+                    _prune(state, now, self.max_keys)
+                self.allowed += 1
+                return _new_tuple(Decision, (True, 0.0, int((tolerance - ahead) / interval + 1e-9), ahead, limit))
+            if tats is not None:
+                state[key] = tats
+        finally:
+            lock.release()
+        return self._decide(key, cost, True)
 
     def peek(self, key: str = "", cost: float = 1.0) -> Decision:
         """What :meth:`try_acquire` would answer now, without taking anything.
