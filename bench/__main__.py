@@ -1,4 +1,4 @@
-"""``python -m bench [overhead|breaker|e2e|tracing|instructions|all]``: benchmarks; JSON to bench/results/."""
+"""``python -m bench [overhead|breaker|ratelimit|inbound|e2e|tracing|instructions|all]``; JSON: bench/results/."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import breaker, e2e, instructions, overhead, ratelimit, tracing
+from bench import breaker, e2e, inbound, instructions, overhead, ratelimit, tracing
 
-_BENCHMARKS = ("overhead", "breaker", "ratelimit", "e2e", "tracing", "instructions")
+_BENCHMARKS = ("overhead", "breaker", "ratelimit", "inbound", "e2e", "tracing", "instructions")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--count",
         type=int,
-        help="override calls (overhead) / requests (e2e) per round, requests per segment (instructions)",
+        help="override calls (overhead) / requests (e2e, inbound) per round, requests per segment (instructions)",
     )
     parser.add_argument("--no-trio", action="store_true", help="skip the trio measurements")
     parser.add_argument(
@@ -85,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif name == "ratelimit":
             results.append(
                 ratelimit.run(quick=args.quick, rounds=args.rounds, calls=args.count, results_dir=args.results_dir)
+            )
+        elif name == "inbound":
+            results.append(
+                inbound.run(
+                    quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir
+                )
             )
         elif name == "tracing":
             results.append(

@@ -6,8 +6,12 @@ retrying ones do the same job: up to 3 attempts on transport errors and on 429/5
 backoff.
 
 * ``httpx``: a bare client, the baseline;
-* ``connectivity (full)``: ``cx.transport(timeout=cx.Timeout(total=10.0),
-  retry=cx.Retry(budget=cx.RetryBudget()))``: retries, a 10 s deadline over all attempts and a retry budget;
+* ``connectivity (full)``: ``cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()),
+  telemetry=False, request_id=False)``: the resilience stack alone: retries, a 10 s deadline over all attempts and
+  a retry budget;
+* ``connectivity (+breaker)``: the same plus a per-host circuit breaker and a bulkhead (the breaker's full stack);
+* ``connectivity (defaults)``: the full stack as ``cx.transport`` builds it by default, with the tracing layer (no
+  OpenTelemetry SDK configured: the cost every user pays) and request-id propagation on top;
 * ``connectivity (retry)``: ``cx.transports.RetryTransport(cx.transports.HTTPTransport(), cx.Retry())``: 3
   attempts, no budget, no deadline: the same job as httpx-retries;
 * ``httpx-retries``: ``httpx_retries.RetryTransport`` with ``Retry(total=2, status_forcelist=...)``;
@@ -30,8 +34,10 @@ import connectivity as cx
 
 __all__ = [
     "BARE",
+    "BREAKER_STACK",
     "CONTENDERS",
     "CONTROL",
+    "DEFAULTS",
     "DESCRIPTIONS",
     "FULL_STACK",
     "HTTPX_RETRIES",
@@ -47,19 +53,28 @@ __all__ = [
 
 BARE = "httpx"
 FULL_STACK = "connectivity (full)"
+"""Retries, a total deadline and a retry budget: the resilience stack with nothing else."""
+BREAKER_STACK = "connectivity (+breaker)"
+"""The full stack plus a per-host circuit breaker and a bulkhead."""
+DEFAULTS = "connectivity (defaults)"
+"""The full stack with ``cx.transport``'s defaults: tracing (no SDK) and request ids on."""
 RETRY_ONLY = "connectivity (retry)"
 HTTPX_RETRIES = "httpx-retries"
 STAMINA = "stamina"
 CONTROL = "httpx (control)"
 """A second bare client: its distance from ``httpx`` is the measurement's noise floor in that run."""
-CONTENDERS = (BARE, FULL_STACK, RETRY_ONLY, HTTPX_RETRIES, STAMINA, CONTROL)
+CONTENDERS = (BARE, FULL_STACK, BREAKER_STACK, DEFAULTS, RETRY_ONLY, HTTPX_RETRIES, STAMINA, CONTROL)
 """Every contender, the baseline first and its control twin last."""
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 DESCRIPTIONS = {
     BARE: "httpx.AsyncClient() / httpx.Client()",
-    FULL_STACK: "cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()))",
+    FULL_STACK: "cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()), "
+    "telemetry=False, request_id=False)",
+    BREAKER_STACK: "the full stack plus breaker=cx.CircuitBreaker(), bulkhead=cx.Bulkhead()",
+    DEFAULTS: "cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget())): tracing "
+    "(no SDK) and request ids on, as built by default",
     RETRY_ONLY: "cx.transports.RetryTransport(cx.transports.HTTPTransport(), cx.Retry()): 3 attempts, "
     "no budget, no deadline",
     HTTPX_RETRIES: "httpx_retries.RetryTransport(retry=Retry(total=2, backoff_factor=0.025, "
@@ -93,8 +108,13 @@ def available(name: str) -> bool:
 
 def _transport(name: str, *, sync: bool) -> httpx.BaseTransport | httpx.AsyncBaseTransport | None:
     """The transport of contender ``name`` (``None``: httpx's default one)."""
-    if name == FULL_STACK:
-        return cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()))
+    if name in (FULL_STACK, BREAKER_STACK, DEFAULTS):
+        options: dict[str, Any] = {"timeout": cx.Timeout(total=10.0), "retry": cx.Retry(budget=cx.RetryBudget())}
+        if name != DEFAULTS:
+            options.update(telemetry=False, request_id=False)
+        if name == BREAKER_STACK:
+            options.update(breaker=cx.CircuitBreaker(), bulkhead=cx.Bulkhead())
+        return cx.transport(**options)
     if name == RETRY_ONLY:
         return cx.transports.RetryTransport(cx.transports.HTTPTransport(), cx.Retry())
     if name == HTTPX_RETRIES:

@@ -15,7 +15,8 @@ sample. Everything outside the segments (interpreter start-up, imports, the warm
 ``PYTHONHASHSEED`` is fixed, so string hashing is the same in every run. ``httpx (control)``, a second bare client
 in a process of its own, shows how far two identical contenders land apart: the noise floor of the run.
 
-Targets: ``connectivity (full)`` <= :data:`TARGET_RATIO` x bare httpx; ``connectivity (retry)`` cheaper than
+Targets: ``connectivity (full)`` and ``connectivity (+breaker)`` <= :data:`TARGET_RATIO` x bare httpx
+(``connectivity (defaults)``, with tracing and request ids, is shown); ``connectivity (retry)`` cheaper than
 httpx-retries (the same job: 3 attempts, no budget, no deadline); ``connectivity (full)`` cheaper than stamina.
 
 valgrind is optional: without it (or when it cannot run Python here) the benchmark is skipped with a note, and
@@ -39,6 +40,7 @@ from typing import Any
 
 from bench._contenders import (
     BARE,
+    BREAKER_STACK,
     CONTENDERS,
     CONTROL,
     DESCRIPTIONS,
@@ -249,8 +251,9 @@ def _summarise(runs: Sequence[_Run], names: Sequence[str], requests: int) -> dic
         return value
 
     checks: dict[str, bool] = {}
-    if FULL_STACK in contenders:
-        checks[f"{FULL_STACK} <= {TARGET_RATIO}x {BARE}"] = cost(FULL_STACK) <= TARGET_RATIO * bare
+    for name in (FULL_STACK, BREAKER_STACK):
+        if name in contenders:
+            checks[f"{name} <= {TARGET_RATIO}x {BARE}"] = cost(name) <= TARGET_RATIO * bare
     if RETRY_ONLY in contenders and HTTPX_RETRIES in contenders:
         checks[f"{RETRY_ONLY} < {HTTPX_RETRIES} (same job)"] = cost(RETRY_ONLY) < cost(HTTPX_RETRIES)
     if FULL_STACK in contenders and STAMINA in contenders:

@@ -56,6 +56,7 @@ def service() -> RateLimitMiddleware:
             "batch": cx.RateLimiter("5/s", name="batch"),
         },
         plan=plan_of,
+        headers=True,  # the RateLimit fields on allowed responses too, so clients can pace themselves
     )
 
 

@@ -54,7 +54,14 @@ def test_e2e_quick_writes_json_with_both_connectivity_contenders(
     assert {"sync", "async"} <= results["modes"].keys()
     for mode in results["modes"].values():
         contenders = mode["contenders"]
-        assert {"httpx", "connectivity (full)", "connectivity (retry)", "httpx (control)"} <= contenders.keys()
+        assert {
+            "httpx",
+            "connectivity (full)",
+            "connectivity (+breaker)",
+            "connectivity (defaults)",
+            "connectivity (retry)",
+            "httpx (control)",
+        } <= contenders.keys()
         for summary in contenders.values():
             assert {
                 "cpu_us_per_request",
@@ -64,6 +71,8 @@ def test_e2e_quick_writes_json_with_both_connectivity_contenders(
             } <= summary.keys()
             assert summary["errors"] == 0
         assert "connectivity (full) <= 1.02x httpx" in mode["checks"]
+        assert "connectivity (+breaker) <= 1.02x httpx" in mode["checks"]
+        assert not any(check.startswith("connectivity (defaults)") for check in mode["checks"])
         if "httpx-retries" in contenders:
             assert "connectivity (retry) < httpx-retries (same job)" in mode["checks"]
     assert "noise floor" in capsys.readouterr().out

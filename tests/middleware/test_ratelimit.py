@@ -293,7 +293,7 @@ def test_invalid_configuration_is_rejected(build: Callable[[], object]) -> None:
 
 # -- what a limited client sees ----------------------------------------------------------------------------------
 def test_fields_follow_the_draft_and_the_429_is_a_problem(server: Start) -> None:
-    served = server(RateLimitMiddleware(Starlette(routes=ROUTES), limiter=limiter()))
+    served = server(RateLimitMiddleware(Starlette(routes=ROUTES), limiter=limiter(), headers=True))
     with httpx.Client(base_url=served.url) as client:
         first, second, refused = (client.get("/items/1") for _ in range(3))
     assert parse_field(first.headers["ratelimit-policy"]) == [("2/minute", {"q": 2, "w": 60})]
@@ -317,8 +317,8 @@ def test_fields_follow_the_draft_and_the_429_is_a_problem(server: Start) -> None
     }
 
 
-def test_headers_false_keeps_allowed_responses_plain(server: Start) -> None:
-    served = server(RateLimitMiddleware(Starlette(routes=ROUTES), limiter=limiter(), headers=False))
+def test_by_default_allowed_responses_stay_plain_and_a_refusal_explains_itself(server: Start) -> None:
+    served = server(RateLimitMiddleware(Starlette(routes=ROUTES), limiter=limiter()))
     with httpx.Client(base_url=served.url) as client:
         first, _, refused = (client.get("/items/1") for _ in range(3))
     assert "ratelimit" not in first.headers
@@ -395,7 +395,7 @@ def test_fastapi_dependency_limits_one_endpoint(server: Start) -> None:
     app = FastAPI()
     per_endpoint = limiter("1/minute", "test-dependency")
 
-    @app.get("/limited", dependencies=[Depends(rate_limit(per_endpoint))])
+    @app.get("/limited", dependencies=[Depends(rate_limit(per_endpoint, headers=True))])
     async def limited() -> dict[str, str]:
         return {"ok": "limited"}
 
@@ -517,3 +517,32 @@ async def test_a_raising_plan_function_uses_the_default_limiter(
     middleware = RateLimitMiddleware(_app, limiter=default, plans={"pro": limiter("100/minute")}, plan=plan)
     assert _response(await asgi_call(middleware, http_scope()))[0] == 200
     assert list(default.keys()) == ["ip:10.0.0.1"]
+
+
+@pytest.mark.anyio
+async def test_remembered_addresses_and_keys_are_the_key_functions_own(
+    asgi_call: Call, http_scope: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without trusted proxies the middleware remembers each peer's address and default key (a small, bounded
+    # cache): what it remembers must be exactly what resolving and client_ip() answer, however often it is emptied.
+    monkeypatch.setattr("connectivity.middleware.ratelimit._MAX_CACHED_CALLERS", 2)
+    shared = limiter("100/minute")
+    middleware = RateLimitMiddleware(_app, limiter=shared)
+    expected = {
+        "10.0.0.1": "10.0.0.1",
+        "::ffff:10.0.0.9": "10.0.0.9",
+        "2001:db8:1:2::7": "2001:db8:1:2::7",
+        "2001:db8:1:2::8": "2001:db8:1:2::8",
+        "unix-peer": "unix-peer",
+    }
+    for _ in range(2):
+        for peer, address in expected.items():
+            scope = http_scope(client=(peer, 5555))
+            await asgi_call(middleware, scope)
+            assert scope["connectivity.client_ip"] == address
+    keys = ["ip:10.0.0.1", "ip:10.0.0.9", "ip:2001:db8:1:2::/64", "ip:unix-peer"]
+    assert sorted(shared.keys()) == keys
+
+    middleware.key = header("x-tenant")  # a key function set later is used, not the remembered default keys
+    await asgi_call(middleware, http_scope(headers=[(b"x-tenant", b"t1")]))
+    assert sorted(shared.keys()) == sorted([*keys, "header.x-tenant:t1"])

@@ -43,12 +43,20 @@ PROBLEM_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 
 _SF_INTEGER_MAX = 999_999_999_999_999
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_QUOTED: dict[str, str] = {}
+_MAX_QUOTED = 1024
 
 
 def sf_string(text: str) -> str:
     """``text`` as an sf-string: quoted, ``\\`` and ``"`` escaped, anything outside printable ASCII as ``?``."""
-    clean = _UNPRINTABLE.sub("?", text).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{clean}"'
+    quoted = _QUOTED.get(text)
+    if quoted is None:  # limit names are few: each is quoted once
+        clean = _UNPRINTABLE.sub("?", text).replace("\\", "\\\\").replace('"', '\\"')
+        quoted = f'"{clean}"'
+        if len(_QUOTED) >= _MAX_QUOTED:
+            _QUOTED.clear()
+        _QUOTED[text] = quoted
+    return quoted
 
 
 def _integer(value: float) -> int:

@@ -4,9 +4,9 @@ Each HTTP request is given a *key* (who is calling: the client address by defaul
 SPIFFE id, ...), and a *limiter* (by route, by the consumer's plan, or the default one) decides. A request over
 its limit is answered at once with ``429 Too Many Requests``, ``Retry-After``, the ``RateLimit-Policy`` and
 ``RateLimit`` fields of draft-ietf-httpapi-ratelimit-headers (see :mod:`._ratelimit_headers`) and an
-``application/problem+json`` body, before the app sees it. Allowed responses carry ``RateLimit-Policy`` and
-``RateLimit`` too (``headers=True``), so well-behaved clients can pace themselves
-(:class:`~connectivity.transports.ratelimit.RateLimitTransport` does).
+``application/problem+json`` body, before the app sees it. With ``headers=True`` (off by default, as in Envoy's
+local rate limit) allowed responses carry ``RateLimit-Policy`` and ``RateLimit`` too, so well-behaved clients can
+pace themselves (:class:`~connectivity.transports.ratelimit.RateLimitTransport` does).
 
 **Client addresses** are resolved through trusted proxies only (see :mod:`.ratelimit_keys`): a spoofed
 ``X-Forwarded-For`` from an untrusted peer is never read.
@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from connectivity.errors import ConfigError
 from connectivity.middleware._asgi import ASGIApp, Message, Receive, Scope, Send, require_app, route_of
@@ -79,6 +79,9 @@ DECISION_SCOPE_KEY = "connectivity.rate_limit"
 
 _log = logging.getLogger("connectivity.ratelimit")
 _MAX_CACHED_POLICIES = 256
+_MAX_CACHED_CALLERS = 4096
+_FIELD_NAMES = frozenset({b"ratelimit", b"ratelimit-policy"})
+_T = TypeVar("_T")
 
 
 # -- the middleware -------------------------------------------------------------------------------------------
@@ -145,7 +148,8 @@ class RateLimitMiddleware:
             RateLimiter("1000/minute")}``; requires ``plan``.
         plan: ``scope -> plan name | None``: the caller's plan (an unknown or missing plan gets ``limiter``).
         exempt: Requests never limited: paths (exact, or prefixes ending with ``/``) or ``scope -> bool``.
-        headers: Send ``RateLimit-Policy`` and ``RateLimit`` on allowed responses too (a 429 always has them).
+        headers: Send ``RateLimit-Policy`` and ``RateLimit`` on allowed responses too (default off; a 429 always
+            has them).
         trusted_proxies: Addresses or CIDR blocks of the proxies whose forwarding header is believed.
         forwarded_header: The forwarding header those proxies write: ``"x-forwarded-for"`` or ``"forwarded"``.
 
@@ -163,14 +167,17 @@ class RateLimitMiddleware:
 
     __slots__ = (
         "_by",
+        "_default_key",
         "_exact",
         "_exempt",
         "_forwarded",
         "_networks",
+        "_peers",
         "_plan",
         "_plans",
         "_policies",
         "_prefixes",
+        "_remote",
         "app",
         "headers",
         "key",
@@ -188,7 +195,7 @@ class RateLimitMiddleware:
         plans: Mapping[str, Any] | None = None,
         plan: Callable[[Scope], str | None] | None = None,
         exempt: Iterable[str] | Callable[[Scope], bool] = DEFAULT_EXEMPT_PATHS,
-        headers: bool = True,
+        headers: bool = False,
         trusted_proxies: Iterable[str] = (),
         forwarded_header: str = "x-forwarded-for",
     ) -> None:
@@ -199,6 +206,7 @@ class RateLimitMiddleware:
         if key is not None and not callable(key):
             raise ConfigError("RateLimitMiddleware.key", key, "must be a key function (scope -> str)")
         self.key: KeyFunc = key if key is not None else client_ip()
+        self._default_key = self.key if key is None else None
         if limits_by is None or callable(limits_by):
             self._by: Callable[[Scope], Any] | None = limits_by
         elif isinstance(limits_by, Mapping):
@@ -234,6 +242,11 @@ class RateLimitMiddleware:
         self.headers = headers
         self.key_failures = 0
         self._policies: dict[int, tuple[Any, bytes | None]] = {}
+        # Without trusted proxies the client address depends on the peer address alone, and the default key on
+        # the client address alone: both are remembered per peer, sparing two address parses per request (they
+        # were the middleware's largest own cost). Bounded: a flood of new peers only empties the table.
+        self._peers: dict[str, tuple[str | None, str]] = {}
+        self._remote = bool(getattr(self.limiter, "remote", False))
         limiters = [self.limiter, *self._plans.values()]
         if isinstance(self._by, _PathTable):
             limiters += [*self._by.exact.values(), *self._by.templates.values()]
@@ -272,6 +285,9 @@ class RateLimitMiddleware:
             if chosen is not None:
                 return chosen
         return self.limiter
+
+    def _address_of(self, scope: Scope) -> str | None:
+        return _resolve(scope, self._networks, self._forwarded)
 
     def _key_of(self, scope: Scope) -> str:
         try:
@@ -324,17 +340,37 @@ class RateLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._is_exempt(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope[CLIENT_IP_SCOPE_KEY] = _resolve(scope, self._networks, self._forwarded)
-        limiter = self._choose(scope)
-        key = self._key_of(scope)
+        if self._exempt is None:  # the common case, inlined: exempt paths only
+            path = scope.get("path")
+            prefixes = self._prefixes
+            if path in self._exact or (prefixes and isinstance(path, str) and path.startswith(prefixes)):
+                await self.app(scope, receive, send)
+                return
+        elif self._is_exempt(scope):
+            await self.app(scope, receive, send)
+            return
+        # The default key with no trusted proxies is a function of the peer address alone: one lookup per request.
+        by_peer = self.key is self._default_key and not self._networks
+        client = scope.get("client")
+        peer = client[0] if by_peer and client else None
+        known = self._peers.get(peer) if isinstance(peer, str) else None
+        if known is None:
+            address = scope[CLIENT_IP_SCOPE_KEY] = self._address_of(scope)
+            key = self._key_of(scope)
+            if isinstance(peer, str):
+                _remember(self._peers, peer, (address, key))
+        else:
+            scope[CLIENT_IP_SCOPE_KEY], key = known
+        if self._by is None and self._plan is None:
+            limiter, remote = self.limiter, self._remote
+        else:
+            limiter = self._choose(scope)
+            remote = self._remote if limiter is self.limiter else bool(getattr(limiter, "remote", False))
         try:
-            if getattr(limiter, "remote", False):
-                decision = await limiter.atry_acquire(key, 1.0)
-            else:
-                decision = limiter.try_acquire(key, 1.0)
+            decision = await limiter.atry_acquire(key, 1.0) if remote else limiter.try_acquire(key, 1.0)
         except Exception:
             _log.warning(
                 "rate limiter %r failed: request let through", getattr(limiter, "name", limiter), exc_info=True
@@ -342,13 +378,14 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         scope[DECISION_SCOPE_KEY] = decision
-        policy = self._policy_of(limiter)
         if not decision.allowed:
-            await self._refuse(send, decision, policy)
+            await self._refuse(send, decision, self._policy_of(limiter))
             return
         if self.headers:
             send = _with_fields(
-                send, policy, ratelimit_field(decision.limit.name, decision.remaining, reset_seconds(decision))
+                send,
+                self._policy_of(limiter),
+                ratelimit_field(decision.limit.name, decision.remaining, reset_seconds(decision)),
             )
         await self.app(scope, receive, send)
 
@@ -361,12 +398,21 @@ def _with_fields(send: Send, policy: bytes | None, ratelimit: str) -> Send:
     async def send_with_fields(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers") or ())
-            present = {name.lower() for name, _ in headers}
-            if b"ratelimit" not in present and b"ratelimit-policy" not in present:  # the app's own fields win
+            for name, _ in headers:
+                if name.lower() in _FIELD_NAMES:  # the app's own fields win
+                    break
+            else:
                 message = {**message, "headers": headers + added}
         await send(message)
 
     return send_with_fields
+
+
+def _remember(cache: dict[str, _T], key: str, value: _T) -> _T:
+    if len(cache) >= _MAX_CACHED_CALLERS:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _register_all(limiters: Iterable[Any]) -> None:
@@ -397,7 +443,7 @@ def rate_limit(
     limiter: Any,
     key: KeyFunc | None = None,
     *,
-    headers: bool = True,
+    headers: bool = False,
     trusted_proxies: Iterable[str] = (),
 ) -> Callable[..., Awaitable[None]]:
     """A FastAPI dependency that limits one endpoint: ``Depends(rate_limit(RateLimiter("5/minute")))``.
@@ -406,7 +452,7 @@ def rate_limit(
         limiter: The limiter for the endpoint(s) depending on it.
         key: Who is calling (default: the client address, as :class:`RateLimitMiddleware` resolved it if it runs,
             else through ``trusted_proxies``).
-        headers: Add ``RateLimit-Policy`` and ``RateLimit`` to allowed responses.
+        headers: Add ``RateLimit-Policy`` and ``RateLimit`` to allowed responses (default off).
         trusted_proxies: Proxies whose forwarding header is believed when no middleware resolved the address.
 
     Returns:
