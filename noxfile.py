@@ -1,4 +1,5 @@
-"""Developer tasks: `nox -s tests`, `nox -s demo`, `nox -s lint typecheck`, `nox -s bench`, `nox -s docs`."""
+"""Developer tasks: `nox -s tests`, `nox -s demo`, `nox -s lint typecheck`, `nox -s bench`, `nox -s docs`,
+`nox -s tests_minimal`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ def tests(session: nox.Session) -> None:
     # coverage starts before pytest so the connectivity pytest plugin, imported at pytest start-up, is measured.
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "report")
+
+
+@nox.session
+def tests_minimal(session: nox.Session) -> None:
+    """The package installed without any extra: it imports, backend="auto" picks httpcore silently, and
+    backend="aiohttp" fails with a clear error. Not a default session: it needs a venv of its own."""
+    session.install(".", "pytest>=8.2", "anyio>=4.11")
+    session.run("pytest", "-p", "no:cacheprovider", "tests/minimal", *session.posargs)
 
 
 @nox.session

@@ -12,6 +12,7 @@ import connectivity.transports
 PUBLIC = [
     "AIMD",
     "AdaptiveConcurrency",
+    "BackendUnavailableError",
     "Backoff",
     "Bulkhead",
     "CallRecord",
@@ -55,6 +56,8 @@ SUBPACKAGES = {
     connectivity.transports: [
         "AccessLogTransport",
         "AdaptiveConcurrencyTransport",
+        "AiohttpTransport",
+        "AutoTransport",
         "BulkheadTransport",
         "CallRecord",
         "CircuitBreakerTransport",

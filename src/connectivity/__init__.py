@@ -20,6 +20,7 @@ from connectivity import policies, transports
 from connectivity._builder import transport
 from connectivity._version import __version__
 from connectivity.errors import (
+    BackendUnavailableError,
     CircuitOpenError,
     ConcurrencyLimitError,
     ConfigError,
@@ -56,6 +57,7 @@ from connectivity.transports import CallRecord
 __all__ = [
     "AIMD",
     "AdaptiveConcurrency",
+    "BackendUnavailableError",
     "Backoff",
     "Bulkhead",
     "CallRecord",

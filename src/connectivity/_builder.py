@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from connectivity.errors import ConfigError, ConnectivityWarning
 from connectivity.policies.breaker import CircuitBreaker
@@ -19,8 +19,10 @@ from connectivity.policies.retry import Retry
 from connectivity.policies.timeout import Timeout
 from connectivity.telemetry.otel import Telemetry, track_budget
 from connectivity.telemetry.redaction import redact_httpx_logs
+from connectivity.transports._auto import AutoTransport
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports.access_log import AccessLogTransport
+from connectivity.transports.aiohttp import AiohttpTransport
 from connectivity.transports.breaker import CircuitBreakerTransport, Scope
 from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
 from connectivity.transports.hedging import HedgingTransport
@@ -31,7 +33,29 @@ from connectivity.transports.retry import RetryTransport
 from connectivity.transports.timeout import TimeoutTransport
 from connectivity.transports.tracing import TracingTransport
 
-__all__ = ["transport"]
+__all__ = ["BACKENDS", "NETWORK_OPTIONS", "Backend", "transport"]
+
+Backend: TypeAlias = Literal["httpcore", "aiohttp", "auto"]
+"""The network backends :func:`transport` can build the innermost transport on."""
+
+BACKENDS: tuple[Backend, ...] = ("httpcore", "aiohttp", "auto")
+
+NETWORK_OPTIONS = frozenset(
+    (
+        "verify",
+        "cert",
+        "trust_env",
+        "http1",
+        "http2",
+        "limits",
+        "proxy",
+        "uds",
+        "local_address",
+        "retries",
+        "socket_options",
+    )
+)
+"""httpx's transport keyword arguments, which :func:`transport` passes to the network transport it builds."""
 
 
 def transport(
@@ -51,6 +75,8 @@ def transport(
     request_id: bool = True,
     name: str | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    backend: Backend | None = None,
+    **options: Any,
 ) -> Layer:
     """Build the recommended outbound stack, outermost first.
 
@@ -60,7 +86,7 @@ def transport(
     Every argument is optional. The result works with both ``httpx.Client`` and ``httpx.AsyncClient``.
 
     Args:
-        inner: The network transport (default: :class:`connectivity.transports.HTTPTransport`, httpx's pools).
+        inner: The network transport (default: the one ``backend`` names, built with ``options``).
         timeout: Total and per-try limits; a number means ``Timeout(total=number)``.
         retry: The retry policy. ``None`` (default) means ``Retry(budget=RetryBudget())``: 3 attempts of
             idempotent requests under a 20 % budget. ``False`` disables retries.
@@ -87,13 +113,26 @@ def transport(
         name: The client's name: registers the stack with the status app (:mod:`connectivity.admin`, under
             ``/clients``) and labels its retry budget in ``connectivity.retry_budget.remaining``.
         clock: Time source for every layer (inject a ``FakeClock`` in tests).
+        backend: The network transport to build: ``"httpcore"`` (the default: httpx's own pools,
+            :class:`~connectivity.transports.HTTPTransport`; sync, asyncio and trio, HTTP/1.1 and HTTP/2),
+            ``"aiohttp"`` (:class:`~connectivity.transports.AiohttpTransport`: asyncio only, HTTP/1.1; the ``fast``
+            extra) or ``"auto"`` (:class:`~connectivity.transports.AutoTransport`: aiohttp where it can serve the
+            call, httpcore for sync clients, trio, HTTP/2 or without the extra). The semantics (errors, timeouts,
+            deadlines, streaming, TLS) are the same whichever serves. Not with ``inner``.
+        **options: httpx's transport options for the network transport built (``verify``, ``cert``,
+            ``trust_env``, ``http1``, ``http2``, ``limits``, ``proxy``, ``uds``, ``local_address``, ``retries``,
+            ``socket_options``). Not with ``inner``.
 
     Returns:
         The outermost transport, to pass as ``httpx.AsyncClient(transport=...)``.
 
     Raises:
         ConfigError: The combination is inconsistent (per-try timeout longer than the total, a hedge schedule that
-            cannot fit in the total, per-try timeout set in two places).
+            cannot fit in the total, per-try timeout set in two places, ``backend`` or options with ``inner``, an
+            unknown backend or option).
+        BackendUnavailableError: The backend is not installed or cannot do what the options ask (a
+            :class:`ConfigError` too). One that shows only on the first request (aiohttp with a sync client or on
+            trio) is raised by that request.
 
     .. versionadded:: 0.1
     """
@@ -115,7 +154,7 @@ def transport(
     if hedge is not None:
         hedge = _hedge(hedge, policy, limits.total, per_try)
 
-    base: Inner = inner if inner is not None else HTTPTransport()
+    base = _network(inner, backend, options)
     _warn_nested_retries(base, policy)
     stack: Inner = base
     if per_try is not None:
@@ -167,6 +206,43 @@ def transport(
 
         register_client(name, outer)
     return outer
+
+
+def _network(inner: Inner | None, backend: Backend | None, options: dict[str, Any]) -> Inner:
+    """The innermost transport: ``inner`` as given, or the one ``backend`` names, built with ``options``."""
+    if inner is not None:
+        if backend is not None:
+            raise ConfigError(
+                "transport.backend",
+                backend,
+                "cannot be combined with an explicit inner transport: configure that transport instead",
+            )
+        if options:
+            name = sorted(options)[0]
+            raise ConfigError(
+                f"transport.{name}",
+                options[name],
+                "network options configure the transport built for you; with an explicit inner transport, "
+                "configure that one instead",
+            )
+        return inner
+    if backend is None:
+        backend = "httpcore"
+    if backend not in BACKENDS:
+        raise ConfigError("transport.backend", backend, "must be 'httpcore', 'aiohttp' or 'auto'")
+    for name in sorted(options):
+        if name not in NETWORK_OPTIONS:
+            raise ConfigError(
+                f"transport.{name}",
+                options[name],
+                "is neither an argument of connectivity.transport() nor a network option "
+                f"({', '.join(sorted(NETWORK_OPTIONS))})",
+            )
+    if backend == "aiohttp":
+        return AiohttpTransport(**options)
+    if backend == "auto":
+        return AutoTransport(**options)
+    return HTTPTransport(**options)
 
 
 def _timeout(timeout: Timeout | float | None) -> Timeout:
@@ -224,7 +300,7 @@ def _warn_nested_retries(inner: Inner, retry: Retry | None) -> None:
         layer = layer.inner
     pool_retries = (
         layer.retries
-        if isinstance(layer, HTTPTransport)
+        if isinstance(layer, (HTTPTransport, AutoTransport))
         else getattr(getattr(layer, "_pool", None), "_retries", 0)
     )
     if pool_retries:

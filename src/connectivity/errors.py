@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 __all__ = [
+    "BackendUnavailableError",
     "CircuitOpenError",
     "ConcurrencyLimitError",
     "ConfigError",
@@ -52,6 +53,27 @@ class ConfigError(ConnectivityError, ValueError):
         self.value = value
         self.rule = rule
         super().__init__(f"{field}={value!r} is invalid: {rule}")
+
+
+class BackendUnavailableError(ConfigError):
+    """The chosen network backend cannot serve this client: it is not installed, or it lacks what is asked of it.
+
+    For example ``backend="aiohttp"`` with ``http2=True`` (raised when the transport is built), or used by an
+    :class:`httpx.Client` or on trio (raised by the first request, the first moment it can be known). Like every
+    :class:`ConfigError` it is a :class:`ValueError`, not an :class:`httpx.TransportError`, so no retry layer,
+    breaker or fallback takes it for a failing upstream.
+
+    Attributes:
+        backend: The backend's name, e.g. ``"aiohttp"``.
+        reason: What it cannot do, and what to use instead.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, backend: str, reason: str, *, field: str = "transport.backend", value: Any = None) -> None:
+        self.backend = backend
+        self.reason = reason
+        super().__init__(field, backend if value is None else value, reason)
 
 
 class OutboundError(ConnectivityError, httpx.TransportError):

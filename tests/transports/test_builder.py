@@ -6,6 +6,7 @@ import pytest
 import connectivity as cx
 from connectivity.testing import FakeClock, ScriptedTransport, Step
 from connectivity.transports import (
+    AutoTransport,
     HedgingTransport,
     HTTPTransport,
     RequestIDTransport,
@@ -106,6 +107,11 @@ def test_hedging_that_cannot_fit_in_the_total_is_rejected() -> None:
         ({"timeout": float("nan")}, "Timeout.total"),
         ({"retry": 3}, "transport.retry"),
         ({"hedge": 0.1}, "transport.hedge"),
+        ({"backend": "curl"}, "transport.backend"),
+        ({"backend": "auto", "inner": HTTPTransport()}, "transport.backend"),
+        ({"backend": "httpcore", "inner": HTTPTransport()}, "transport.backend"),
+        ({"http2": True, "inner": HTTPTransport()}, "transport.http2"),
+        ({"htp2": True}, "transport.htp2"),
     ],
 )
 def test_bad_arguments_raise_config_error(kwargs: dict[str, object], field: str) -> None:
@@ -122,10 +128,33 @@ def test_retries_at_two_layers_warn() -> None:
         cx.transport(httpx.HTTPTransport(retries=2))
     with pytest.warns(cx.ConnectivityWarning, match="retries=1"):
         cx.transport(HTTPTransport(retries=1))
+    for backend in ("httpcore", "auto"):
+        with pytest.warns(cx.ConnectivityWarning, match="retries=1"):
+            cx.transport(backend=backend, retries=1)  # type: ignore[arg-type]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cx.transport(httpx.HTTPTransport())
         cx.transport(inner, retry=False)
+
+
+@pytest.mark.parametrize(
+    ("backend", "network"),
+    [(None, HTTPTransport), ("httpcore", HTTPTransport), ("auto", AutoTransport)],
+)
+def test_the_backend_names_the_network_transport(backend: str | None, network: type) -> None:
+    transport = cx.transport(backend=backend, limits=httpx.Limits(max_connections=7))  # type: ignore[arg-type]
+    built = layers(transport)[-1]
+    assert built is network
+    assert built.backend == (backend or "httpcore")  # type: ignore[attr-defined]
+
+
+def test_network_options_reach_httpcore() -> None:
+    transport = cx.transport(http2=True, limits=httpx.Limits(max_connections=7), retry=False)
+    network = core(transport).inner  # type: ignore[attr-defined]
+    assert isinstance(network, HTTPTransport)
+    assert network.sync._pool._http2  # type: ignore[attr-defined]
+    assert network.sync._pool._max_connections == 7  # type: ignore[attr-defined]
+    network.close()
 
 
 def test_http_transport_creates_each_pool_on_first_use() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -131,19 +132,26 @@ class RunningServer(Generic[AppT]):
         app: The ASGI app being served.
         host: Always ``"127.0.0.1"``.
         port: The ephemeral port the server listens on.
-        url: ``"http://127.0.0.1:<port>"``.
+        url: ``"http://127.0.0.1:<port>"`` (``https://`` when served over TLS).
 
     .. versionadded:: 0.1
     """
 
     def __init__(
-        self, *, name: str, app: AppT, port: int, server: uvicorn.Server, connections: _Connections
+        self,
+        *,
+        name: str,
+        app: AppT,
+        port: int,
+        server: uvicorn.Server,
+        connections: _Connections,
+        scheme: str = "http",
     ) -> None:
         self.name = name
         self.app = app
         self.host = HOST
         self.port = port
-        self.url = f"http://{HOST}:{port}"
+        self.url = f"{scheme}://{HOST}:{port}"
         self._server = server
         self._connections = connections
 
@@ -187,6 +195,7 @@ def serve(
     name: str = "upstream",
     startup_timeout: float = 10.0,
     shutdown_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[RunningServer[AppT]]:
     """Serve ``app`` with uvicorn (h11, asyncio) on ``127.0.0.1`` and an ephemeral port until the block ends.
 
@@ -195,6 +204,8 @@ def serve(
         name: Names the server thread and appears in error messages.
         startup_timeout: Seconds to wait for the server to start.
         shutdown_timeout: Seconds to wait for it to stop (twice: gracefully, then forced).
+        ssl_context: Serve HTTPS with this server-side context (its certificate chain, and for mutual TLS its
+            ``verify_mode`` and CA); the URL then starts with ``https://``.
 
     Yields:
         The running server: its URL and port, the app, and connection counts.
@@ -217,6 +228,9 @@ def serve(
         proxy_headers=False,
         timeout_graceful_shutdown=1,
     )
+    if ssl_context is not None:
+        config.load()  # then replace what uvicorn would build from file names with the context given
+        config.ssl = ssl_context
     started = threading.Event()
     server = _Server(config, started)
     failure: list[BaseException] = []
@@ -241,7 +255,14 @@ def serve(
             if not started.wait(startup_timeout) or not server.started:
                 cause = failure[0] if failure else None
                 raise RuntimeError(f"{name}: server did not start within {startup_timeout}s") from cause
-            yield RunningServer(name=name, app=app, port=port, server=server, connections=connections)
+            yield RunningServer(
+                name=name,
+                app=app,
+                port=port,
+                server=server,
+                connections=connections,
+                scheme="http" if ssl_context is None else "https",
+            )
         finally:
             _stop(name, server, thread, shutdown_timeout)
     finally:

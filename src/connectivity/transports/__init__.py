@@ -1,12 +1,16 @@
 """httpx transports, one concern each; every one takes the transport it wraps first.
 
 Each works with both :class:`httpx.Client` and :class:`httpx.AsyncClient`. Compose them yourself, or let
-:func:`connectivity.transport` build the recommended order.
+:func:`connectivity.transport` build the recommended order. The innermost, network transport is one of
+:class:`HTTPTransport` (httpcore, httpx's default), :class:`AiohttpTransport` (aiohttp: asyncio only, the ``fast``
+extra) and :class:`AutoTransport` (the fastest of the two that can serve each call).
 """
 
+from connectivity.transports._auto import AutoTransport
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports._outcome import EXTENSION, CallRecord, failure_kind
 from connectivity.transports.access_log import AccessLogTransport
+from connectivity.transports.aiohttp import AiohttpTransport
 from connectivity.transports.breaker import CircuitBreakerTransport
 from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
 from connectivity.transports.hedging import HedgingTransport
@@ -21,6 +25,8 @@ __all__ = [
     "EXTENSION",
     "AccessLogTransport",
     "AdaptiveConcurrencyTransport",
+    "AiohttpTransport",
+    "AutoTransport",
     "BulkheadTransport",
     "CallRecord",
     "CircuitBreakerTransport",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -26,6 +26,8 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     """
 
     connectivity_deadline_aware = True
+    backend: ClassVar[str] = "httpcore"
+    """The backend's name, as :func:`connectivity.transport` spells it."""
 
     def __init__(self, **kwargs: Any) -> None:
         self._kwargs = kwargs
