@@ -1,4 +1,5 @@
-"""``python -m bench [overhead|breaker|ratelimit|inbound|e2e|tracing|instructions|all]``; JSON: bench/results/."""
+"""``python -m bench [overhead|breaker|ratelimit|inbound|e2e|tracing|instructions|backends|all]``; JSON:
+bench/results/."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import breaker, e2e, inbound, instructions, overhead, ratelimit, tracing
+from bench import backends, breaker, e2e, inbound, instructions, overhead, ratelimit, tracing
 
-_BENCHMARKS = ("overhead", "breaker", "ratelimit", "inbound", "e2e", "tracing", "instructions")
+_BENCHMARKS = ("overhead", "breaker", "ratelimit", "inbound", "e2e", "tracing", "instructions", "backends")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--count",
         type=int,
-        help="override calls (overhead) / requests (e2e, inbound) per round, requests per segment (instructions)",
+        help="override calls (overhead) / requests (e2e, inbound) per round, requests per segment (instructions), "
+        "requests per concurrency per round (backends; half at c=1)",
     )
     parser.add_argument("--no-trio", action="store_true", help="skip the trio measurements")
     parser.add_argument(
@@ -42,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--strict",
         action="store_true",
-        help="exit with status 1 when a target is missed or a benchmark is skipped (no valgrind: instructions)",
+        help="exit with status 1 when a target is missed or a benchmark is skipped (no valgrind: instructions; "
+        "no nginx: backends)",
     )
     return parser
 
@@ -95,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif name == "tracing":
             results.append(
                 tracing.run(
+                    quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir
+                )
+            )
+        elif name == "backends":
+            results.append(
+                backends.run(
                     quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir
                 )
             )

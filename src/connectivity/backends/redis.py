@@ -186,7 +186,7 @@ class RedisCircuit:
         state: The state the last decision saw (it may have changed since, in another process).
         breaker: The configuration.
         local: The local circuit that decides while Redis is unreachable (``breaker.circuit(key)``).
-        remote: Always ``True``: decisions are shared (a local ``Circuit`` has no such attribute).
+        remote: Always ``True``: decisions are shared (a local ``Circuit`` says ``False``).
 
     .. versionadded:: 0.1
     """

@@ -286,7 +286,7 @@ class RedisRateLimiter:
             bound to one event loop. You close it.
 
     Attributes:
-        remote: Always ``True``: decisions are shared (a local ``RateLimiter`` has no such attribute).
+        remote: Always ``True``: decisions are shared (a local ``RateLimiter`` says ``False``).
         local: The local fallback limiter (limits divided by ``expected_replicas``).
         allowed: Decisions that allowed (this process).
         refused: Decisions that refused, or would have in shadow mode (this process).

@@ -42,7 +42,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from connectivity.policies.breaker import CircuitBreaker
@@ -156,6 +156,9 @@ class Circuit:
     Adapters call :meth:`admit` before a call and :meth:`record` with its outcome after; both return the
     :class:`Transition` they caused, if any, or a :class:`Rejection`.
     """
+
+    remote: ClassVar[bool] = False
+    """Decisions are this process's own (a shared circuit, e.g. in Redis, says ``True`` and is awaited)."""
 
     __slots__ = (
         "_bucket",

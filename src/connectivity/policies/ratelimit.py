@@ -27,7 +27,7 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from connectivity.errors import ConfigError
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
@@ -188,6 +188,9 @@ class RateLimiter:
 
     .. versionadded:: 0.1
     """
+
+    remote: ClassVar[bool] = False
+    """Decisions are this process's own (a shared limiter, e.g. in Redis, says ``True`` and is awaited)."""
 
     __slots__ = (
         "_holds",
