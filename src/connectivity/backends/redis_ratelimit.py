@@ -32,7 +32,8 @@ meanwhile. Over any window of ``E`` seconds the replicas together admit at most 
 ``burst + E / T + expected_replicas * rate * sync_interval`` requests (``rate`` in requests per second; the tests
 check it with replicas hammering together and bursting in turn onto views that have not seen each other), and any
 excess is debt: the shared arrival time runs ahead and later requests wait for it. It errs the other way by
-about ``expected_replicas`` requests: at saturation each replica keeps its own ``n * T`` of headroom in reserve. A
+about ``expected_replicas`` requests: at saturation each replica keeps its own ``n * T`` of headroom in reserve;
+on a loaded machine, where syncs run late, by up to about ``expected_replicas * rate * sync_interval`` more. A
 replica alone gets the full rate once its burst is spent (its view is corrected at every sync), but takes a burst
 from idle over a few intervals (``1 / n`` of what is left per interval). More replicas than ``expected_replicas``
 admit more.
