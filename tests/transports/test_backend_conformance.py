@@ -79,6 +79,18 @@ class Lab:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
+        self._left = threading.Condition()
+
+    def _client_left(self) -> None:
+        with self._left:
+            self.disconnects += 1
+            self._left.notify_all()
+
+    def wait_for_disconnects(self, count: int, *, timeout: float = 5.0) -> None:
+        """Block until the app has seen ``count`` clients leave early (it notices on its own event loop)."""
+        with self._left:
+            if not self._left.wait_for(lambda: self.disconnects >= count, timeout):
+                raise TimeoutError(f"{self.disconnects} early exit(s) seen after {timeout}s, expected {count}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,7 +105,7 @@ class Lab:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self.disconnects += 1
+                self._client_left()
                 return
             body += message.get("body", b"")
             if not message.get("more_body", False):
@@ -110,24 +122,32 @@ class Lab:
             with anyio.move_on_after(float(query.get("delay", "1"))):
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                self.disconnects += 1
+                self._client_left()
                 return
             await _respond(send, 200, b"slow")
         elif path == "/chunks":  # a streamed response, `n` chunks `delay` seconds apart, until the client leaves
             await send({"type": "http.response.start", "status": 200, "headers": []})
+            left = False
             async with anyio.create_task_group() as tg:
 
                 async def watch() -> None:
+                    nonlocal left
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    self.disconnects += 1
+                    left = True
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(watch)
-                for _ in range(int(query.get("n", "10"))):
-                    await anyio.sleep(float(query.get("delay", "0")))
-                    await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+                try:
+                    for _ in range(int(query.get("n", "10"))):
+                        await anyio.sleep(float(query.get("delay", "0")))
+                        await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+                except OSError:  # uvicorn's ClientDisconnected: a send after the client left, seen before receive
+                    left = True
                 tg.cancel_scope.cancel()  # finished: the client leaving now is no early exit
+            if left:
+                self._client_left()
+                return
             await send({"type": "http.response.body", "body": b""})
         elif path == "/close-mid-body":  # promises 100 bytes, sends 50, closes the connection
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]})
@@ -317,6 +337,7 @@ async def test_a_streamed_response_arrives_in_pieces_and_closes_early(
             assert response.status_code == 200
         assert response.is_closed
         await anyio.to_thread.run_sync(lambda: lab.wait_for_connections(0))
+        await anyio.to_thread.run_sync(lambda: lab.app.wait_for_disconnects(1))
         assert lab.app.disconnects == 1
         assert (await client.get(f"{lab.url}/echo")).status_code == 200
 
