@@ -517,8 +517,10 @@ def test_batched_mode_accuracy_bound(
     make_limiter: LimiterFactory, replicas: int, active: int, phases: bool
 ) -> None:
     interval = 0.1
+    # About accuracy, not outages: 200 tasks on one event loop (under coverage in CI) can delay a sync's reply past
+    # a second, which must not count as Redis being down.
     limiters = [
-        make_limiter(SHARED, name="batched", sync_interval=interval, expected_replicas=replicas, timeout=1.0)
+        make_limiter(SHARED, name="batched", sync_interval=interval, expected_replicas=replicas, timeout=5.0)
         for _ in range(replicas)
     ]
     admitted, elapsed = anyio.run(_hammer_replicas, limiters[:active], 50, 2.0, phases)
