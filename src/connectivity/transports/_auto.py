@@ -19,7 +19,6 @@ process that runs both kinds of loop over one transport.
 from __future__ import annotations
 
 import threading
-from types import TracebackType
 from typing import Any, ClassVar
 
 import httpx
@@ -103,25 +102,3 @@ class AutoTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         if self._aiohttp is not None:
             await self._aiohttp.aclose()
         await self._http.aclose()
-
-    def __enter__(self) -> AutoTransport:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> AutoTransport:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        await self.aclose()
