@@ -177,7 +177,8 @@ def test_half_open_permits_are_global_across_threads_and_clients(make_backend: B
     breaker = CircuitBreaker(
         name="probes", failure_ratio=None, consecutive_failures=1, open_for=0.2, half_open_permits=3
     )
-    circuits = [make_backend().circuit(breaker) for _ in range(4)]  # four clients, as four processes would be
+    # Four clients, as four processes would be; given time to connect 32 threads at once (not an outage test).
+    circuits = [make_backend(timeout=1.0).circuit(breaker) for _ in range(4)]
     circuits[0].record(circuits[0].admit(), FAILURE)  # type: ignore[arg-type]
     assert circuits[0].state == "open"
     wait_until(lambda: circuits[1].status()["retry_after_s"] == 0.0, what="open time elapsed")
