@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import functools
 import inspect
 import threading
 from collections.abc import AsyncIterable, AsyncIterator
@@ -430,31 +431,24 @@ class Pool(httpx_aiohttp.AiohttpTransport):
         sni = request.extensions.get("sni_hostname")
         _transport.set(None)  # a failed connect must not leave the previous request's connection here
         try:
+            send = functools.partial(
+                session.request,
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=timeout,
+                server_hostname=sni,
+                **self._proxy,
+            )
             if upload is None and head == _NEVER:
-                response = await session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    timeout=timeout,
-                    server_hostname=sni,
-                    **self._proxy,
-                )
+                response = await send()
             else:
                 with anyio.CancelScope(deadline=head) as scope:
                     if upload is not None:
                         upload.scope, upload.head = scope, head
-                    response = await session.request(
-                        request.method,
-                        url,
-                        headers=headers,
-                        data=data,
-                        allow_redirects=False,
-                        timeout=timeout,
-                        server_hostname=sni,
-                        **self._proxy,
-                    )
+                    response = await send()
                 if scope.cancelled_caught:
                     # aiohttp closed the connection gracefully, which waits for unsent data to leave: drop it.
                     transport = _transport.get()
