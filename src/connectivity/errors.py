@@ -16,13 +16,20 @@ from typing import Any
 import httpx
 
 __all__ = [
+    "AuthenticationError",
     "BackendUnavailableError",
+    "CertificateError",
     "CircuitOpenError",
     "ConcurrencyLimitError",
     "ConfigError",
     "ConnectivityError",
     "ConnectivityWarning",
+    "CredentialError",
     "DeadlineExceededError",
+    "InvalidSpiffeIdError",
+    "KeyPolicyError",
+    "PeerIdentityError",
+    "PermissionDeniedError",
     "RateLimitedError",
     "OutboundError",
     "PerTryTimeoutError",
@@ -208,3 +215,96 @@ class RateLimitedError(OutboundError):
         self.limiter = limiter
         self.limit = limit
         self.retry_after = retry_after
+
+
+class InvalidSpiffeIdError(ConfigError):
+    """A string is not a valid SPIFFE id (see :class:`connectivity.security.SpiffeId`).
+
+    Attributes:
+        field: Where the id came from, e.g. ``"MTLS.peer_id"`` or ``"certificate URI SAN"``.
+        value: The rejected text.
+        rule: The rule of the SPIFFE ID specification it breaks, e.g. ``"path cannot contain dot segments"``.
+
+    .. versionadded:: 0.1
+    """
+
+
+class CertificateError(ConfigError):
+    """TLS material is unusable: unreadable, expired, not yet valid, key and certificate do not match, or not an
+    X509-SVID when one is required. The message names the file (or ``"<PEM string>"``) and the rule broken; it never
+    contains key material.
+
+    .. versionadded:: 0.1
+    """
+
+
+class KeyPolicyError(ConfigError):
+    """A verification key breaks the key policy: too weak (RSA under 2048 bits, an HMAC key shorter than its hash),
+    meant for another use (``use=enc``, ``key_ops`` without ``verify``) or of the wrong type for its algorithm.
+
+    .. versionadded:: 0.1
+    """
+
+
+class PeerIdentityError(OutboundError):
+    """The upstream completed the TLS handshake but is not who it was expected to be (its SPIFFE id or DNS name
+    matches none of the expected ones). The connection is closed; nothing was sent.
+
+    Attributes:
+        expected: What was expected (SPIFFE ids, trust domains or DNS names), as text.
+        presented: What the peer presented (its SPIFFE id or DNS names), as text.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        expected: tuple[str, ...] = (),
+        presented: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, request=request)
+        self.expected = expected
+        self.presented = presented
+
+
+class CredentialError(OutboundError):
+    """Outbound credentials could not be obtained (e.g. the OAuth2 token endpoint failed or answered garbage).
+
+    The message says what failed; it never contains a secret, a token or a client secret.
+
+    .. versionadded:: 0.1
+    """
+
+
+class AuthenticationError(ConnectivityError):
+    """An inbound credential was rejected; the middleware answers 401.
+
+    Attributes:
+        error: The OAuth 2.0 bearer error code for ``WWW-Authenticate`` (``"invalid_token"``,
+            ``"invalid_request"``), or ``""`` for other schemes.
+        reason: Why, for logs and the problem body; never contains the credential.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, reason: str, *, error: str = "invalid_token") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+class PermissionDeniedError(ConnectivityError):
+    """An authenticated (or anonymous) caller is not allowed to do this; the middleware answers 403.
+
+    Attributes:
+        reason: Which policy denied, or that no ALLOW policy matched.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
