@@ -149,8 +149,10 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
         self.get_extra_info = stream.get_extra_info  # type: ignore[method-assign]
 
     def write(self, buffer: bytes, timeout: float | None = None) -> Coroutine[Any, Any, None]:
+        if not buffer:
+            return self._write(buffer, timeout)  # an empty end of message: httpcore sends nothing, bound nothing
         current = _current.get()
-        if buffer and self._remember:
+        if self._remember:
             self._call = current.parent if current is not None and current.attempt_only else current
         if current is None:
             return self._write(buffer, timeout)
