@@ -28,6 +28,7 @@ __all__ = [
     "DeadlineExceededError",
     "InvalidSpiffeIdError",
     "KeyPolicyError",
+    "MalformedHeaderError",
     "PeerIdentityError",
     "PermissionDeniedError",
     "RateLimitedError",
@@ -231,8 +232,8 @@ class InvalidSpiffeIdError(ConfigError):
 
 class CertificateError(ConfigError):
     """TLS material is unusable: unreadable, expired, not yet valid, key and certificate do not match, or not an
-    X509-SVID when one is required. The message names the file (or ``"<PEM string>"``) and the rule broken; it never
-    contains key material.
+    X509-SVID when one is required. The message names the file (or ``"<PEM string>"``) and the rule broken; it
+    never contains key material.
 
     .. versionadded:: 0.1
     """
@@ -307,4 +308,20 @@ class PermissionDeniedError(ConnectivityError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
+        self.reason = reason
+
+
+class MalformedHeaderError(ConnectivityError, ValueError):
+    """A client-certificate header breaks its grammar.
+
+    Attributes:
+        header: The header's name, e.g. ``"x-forwarded-client-cert"``.
+        reason: The rule broken. The header's value is never repeated (it may be large, and it is the caller's).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, header: str, reason: str) -> None:
+        super().__init__(f"{header}: {reason}")
+        self.header = header
         self.reason = reason

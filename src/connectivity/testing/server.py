@@ -97,8 +97,10 @@ def _with_reset(app: Callable[..., Awaitable[None]], transport: Any) -> Callable
     return app_with_reset
 
 
-def _protocol_class(connections: _Connections) -> type[H11Protocol]:
-    class _Protocol(H11Protocol):
+def _protocol_class(connections: _Connections, base: type[H11Protocol] = H11Protocol) -> type[H11Protocol]:
+    class _Protocol(base):  # type: ignore[valid-type,misc]  # a subclass of whichever protocol was asked for
+        app: Any
+
         # transport is an asyncio.Transport; typed loosely so this module need not import asyncio.
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -196,6 +198,7 @@ def serve(
     startup_timeout: float = 10.0,
     shutdown_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
+    http_protocol: type[H11Protocol] = H11Protocol,
 ) -> Iterator[RunningServer[AppT]]:
     """Serve ``app`` with uvicorn (h11, asyncio) on ``127.0.0.1`` and an ephemeral port until the block ends.
 
@@ -206,6 +209,9 @@ def serve(
         shutdown_timeout: Seconds to wait for it to stop (twice: gracefully, then forced).
         ssl_context: Serve HTTPS with this server-side context (its certificate chain, and for mutual TLS its
             ``verify_mode`` and CA); the URL then starts with ``https://``.
+        http_protocol: The uvicorn protocol class to serve with: uvicorn's h11 protocol or a subclass of it, such
+            as :class:`connectivity.security.uvicorn.TLSH11Protocol` (the ASGI TLS extension). Connection counts
+            and the reset extension work with any of them.
 
     Yields:
         The running server: its URL and port, the app, and connection counts.
@@ -219,7 +225,7 @@ def serve(
     config = uvicorn.Config(
         app,
         loop="asyncio",
-        http=_protocol_class(connections),
+        http=_protocol_class(connections, http_protocol),
         interface="asgi3",
         lifespan="off",
         log_level="warning",
