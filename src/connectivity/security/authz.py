@@ -23,18 +23,18 @@ is built; :meth:`Authorizer.decide` only runs the compiled checks against :class
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import partial
 from operator import attrgetter
 from typing import Any, Literal
 
 from connectivity.errors import ConfigError
+from connectivity.security._authz_match import _Match, _methods, _patterns, _strings, normalize_path
 from connectivity.security.apikeys import ANONYMOUS_KEY
 from connectivity.security.identity import CLAIMS_KEY, PEER_KEY, PRINCIPAL_KEY, Peer, Principal
-from connectivity.security.spiffe import SCHEME, SpiffeId, validate_trust_domain
+from connectivity.security.spiffe import SCHEME
 
 __all__ = [
     "ALLOW",
@@ -55,7 +55,6 @@ Action = Literal["ALLOW", "DENY"]
 ALLOW: Action = "ALLOW"
 DENY: Action = "DENY"
 
-_TOKEN = re.compile(r"[!#$%&'+\-.^_`|~0-9A-Za-z]+")
 _CLAIM_KEY = re.compile(r"request\.auth\.claims((?:\[[^\[\]]+\])+)")
 _CONDITION_KEYS = (
     "source.principal",
@@ -66,26 +65,7 @@ _CONDITION_KEYS = (
 )
 
 
-# -- request facts --------------------------------------------------------------------------------------------
-def normalize_path(path: str) -> str:
-    """``path`` with dot segments resolved and repeated slashes merged (RFC 3986 section 5.2.4)."""
-    if not path.startswith("/") or ("//" not in path and "/." not in path):
-        return path
-    segments = path.split("/")[1:]
-    last = len(segments) - 1
-    out: list[str] = []
-    for index, segment in enumerate(segments):
-        if segment == "..":
-            if out:
-                out.pop()
-        elif segment not in ("", "."):
-            out.append(segment)
-            continue
-        if index == last:
-            out.append("")  # the path ends with a slash
-    return "/" + "/".join(out)
-
-
+# -- request facts ---------------------------------------------------------------------------------------------
 class RequestFacts:
     """What a decision is about: the request and who sent it, as the inbound middleware verified it.
 
@@ -163,117 +143,6 @@ class Decision:
     allowed: bool
     policy: str | None
     reason: str
-
-
-# -- string matching ------------------------------------------------------------------------------------------
-class _Match:
-    """A compiled Istio string match over a list of patterns (any pattern matching is a match)."""
-
-    __slots__ = ("anything", "exact", "prefixes", "suffixes", "templates")
-
-    def __init__(self) -> None:
-        self.anything = False
-        self.exact: set[str] = set()
-        self.prefixes: tuple[str, ...] = ()
-        self.suffixes: tuple[str, ...] = ()
-        self.templates: tuple[re.Pattern[str], ...] = ()
-
-    def __call__(self, value: str) -> bool:
-        if self.anything or value in self.exact:
-            return True
-        if self.prefixes and value.startswith(self.prefixes):
-            return True
-        if self.suffixes and value.endswith(self.suffixes):
-            return True
-        return any(template.fullmatch(value) for template in self.templates)
-
-    def any(self, values: Iterable[str]) -> bool:
-        # Loops rather than any(<generator>) here and in the matches() methods: they run for every field of every
-        # request, and a generator per call doubled the cost of a decision.
-        for value in values:  # noqa: SIM110
-            if self(value):
-                return True
-        return False
-
-
-def _strings(field: str, values: object) -> tuple[str, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise ConfigError(field, values, "must be a list of strings (not one string)")
-    result = tuple(values)
-    for index, value in enumerate(result):
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{field}[{index}]", value, "must be a non-empty string")
-    return result
-
-
-def _wildcard(field: str, pattern: str) -> Literal["any", "prefix", "suffix", "exact"]:
-    if pattern == "*":
-        return "any"
-    stars = pattern.count("*")
-    if stars == 0:
-        return "exact"
-    if stars == 1 and pattern.endswith("*"):
-        return "prefix"
-    if stars == 1 and pattern.startswith("*"):
-        return "suffix"
-    raise ConfigError(field, pattern, "'*' may only be the whole value, its first or its last character")
-
-
-def _patterns(field: str, patterns: tuple[str, ...], kind: str = "") -> _Match:
-    """Compile patterns; ``kind`` ``"peer"`` (SPIFFE ids in Istio's form) or ``"path"`` validates and extends."""
-    match = _Match()
-    for index, pattern in enumerate(patterns):
-        where = f"{field}[{index}]"
-        if kind == "path" and ("{" in pattern or "}" in pattern):
-            match.templates += (_template(where, pattern),)
-            continue
-        text = pattern[len(SCHEME) :] if kind == "peer" and pattern.startswith(SCHEME) else pattern
-        wildcard = _wildcard(where, text)
-        stem = text.strip("*")
-        fixed = wildcard in ("prefix", "exact")
-        if kind == "path" and fixed and (not stem.startswith("/") or normalize_path(stem) != stem):
-            raise ConfigError(where, pattern, "must be a normalised path starting with '/' (or '*' and a suffix)")
-        if kind == "peer" and wildcard == "exact":
-            SpiffeId.parse(SCHEME + stem, field=where)
-        elif kind == "peer" and wildcard == "prefix" and "/" in stem:
-            validate_trust_domain(stem.partition("/")[0], field=where)
-        if wildcard == "any":
-            match.anything = True
-        elif wildcard == "prefix":
-            match.prefixes += (stem,)
-        elif wildcard == "suffix":
-            match.suffixes += (stem,)
-        else:
-            match.exact.add(stem)
-            if kind == "peer" and "/" not in stem:  # a bare trust domain: every id in it
-                match.prefixes += (stem + "/",)
-    return match
-
-
-def _template(field: str, pattern: str) -> re.Pattern[str]:
-    if not pattern.startswith("/") or normalize_path(pattern) != pattern:
-        raise ConfigError(field, pattern, "a path template must be a normalised path starting with '/'")
-    segments = pattern.split("/")[1:]
-    parts = []
-    for index, segment in enumerate(segments):
-        if segment == "{*}":
-            parts.append("[^/]+")
-        elif segment == "{**}" and index == len(segments) - 1:
-            parts.append(".*")
-        elif segment == "{**}":
-            raise ConfigError(field, pattern, "'{**}' may only be the last segment")
-        elif any(char in segment for char in "{}*"):
-            raise ConfigError(field, pattern, "an operator must be a whole segment: '{*}' or '{**}'")
-        else:
-            parts.append(re.escape(segment))
-    return re.compile("/" + "/".join(parts))
-
-
-def _methods(field: str, values: tuple[str, ...]) -> _Match:
-    for index, value in enumerate(values):
-        if not _TOKEN.fullmatch(value):
-            raise ConfigError(f"{field}[{index}]", value, "must be an HTTP method such as GET (no wildcards)")
-    return _patterns(field, tuple(value.upper() for value in values))
 
 
 # -- the policy model -----------------------------------------------------------------------------------------
@@ -443,6 +312,12 @@ class Condition(_Matcher):
     __repr__ = _repr
 
 
+def _list(field: str, value: object) -> list[Any]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ConfigError(field, value, "must be a list")
+    return list(value)
+
+
 def _items(field: str, values: object, kind: type) -> tuple[Any, ...]:
     result = tuple(_list(field, values))
     for index, value in enumerate(result):
@@ -531,87 +406,9 @@ class Policy:
         Raises:
             ConfigError: The data is malformed; the field is named, e.g. ``"Policy[orders].rules[0].from[0]"``.
         """
-        data = _mapping("Policy", data)
-        if "spec" in data or "metadata" in data:
-            _keys("Policy", data, {"apiVersion", "kind", "metadata", "spec"})
-            if data.get("kind", "AuthorizationPolicy") != "AuthorizationPolicy":
-                raise ConfigError("Policy.kind", data.get("kind"), "must be AuthorizationPolicy")
-            name = _mapping("Policy.metadata", data.get("metadata")).get("name")
-            spec = _mapping("Policy.spec", data.get("spec", {}))
-            _keys("Policy.spec", spec, {"action", "rules"})
-        else:
-            _keys("Policy", data, {"name", "action", "rules"})
-            name, spec = data.get("name"), data
-        prefix = f"Policy[{name}]" if isinstance(name, str) else "Policy"
-        rules = []
-        for index, rule in enumerate(_list(f"{prefix}.rules", spec.get("rules", []))):
-            where = f"{prefix}.rules[{index}]"
-            with _within(where):
-                rules.append(_rule(where, _mapping(where, rule)))
-        with _within(prefix):
-            return cls(name=name, action=spec.get("action", ALLOW), rules=rules)  # type: ignore[arg-type]
+        from connectivity.security.authz_config import policy_from_dict
 
-
-# -- configuration --------------------------------------------------------------------------------------------
-def _aliases(cls: type) -> dict[str, str]:
-    """Field names by their Istio (camelCase) and Python (snake_case) spellings."""
-    names = [f.name for f in fields(cls) if f.init]
-    return {alias: name for name in names for alias in (name, re.sub(r"_(\w)", lambda m: m[1].upper(), name))}
-
-
-_PARTS: dict[str, tuple[str, type, dict[str, str]]] = {
-    "from": ("source", Source, _aliases(Source)),
-    "to": ("operation", Operation, _aliases(Operation)),
-    "when": ("", Condition, _aliases(Condition)),
-}
-
-
-@contextlib.contextmanager
-def _within(prefix: str) -> Iterator[None]:
-    """Re-raise a model's ConfigError with the configuration path in front of its field."""
-    try:
-        yield
-    except ConfigError as exc:
-        if exc.field.startswith(prefix):
-            raise
-        inner = exc.field.partition(".")[2] or exc.field
-        raise type(exc)(f"{prefix}.{inner}", exc.value, exc.rule) from None
-
-
-def _mapping(field: str, value: object) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(field, value, "must be a mapping")
-    return value
-
-
-def _list(field: str, value: object) -> list[Any]:
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-        raise ConfigError(field, value, "must be a list")
-    return list(value)
-
-
-def _keys(field: str, data: Mapping[str, Any], allowed: Collection[str]) -> None:
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(f"{field}.{key}", data[key], f"is not supported here (known: {', '.join(allowed)})")
-
-
-def _rule(where: str, data: Mapping[str, Any]) -> Rule:
-    _keys(where, data, _PARTS)
-    parts: dict[str, list[Any]] = {}
-    for part, (wrapper, cls, aliases) in _PARTS.items():
-        parts[part] = []
-        for index, item in enumerate(_list(f"{where}.{part}", data.get(part, []))):
-            here = f"{where}.{part}[{index}]"
-            body = _mapping(here, item)
-            if wrapper:  # from: [{source: {...}}], to: [{operation: {...}}]
-                _keys(here, body, (wrapper,))
-                here = f"{here}.{wrapper}"
-                body = _mapping(here, body.get(wrapper, {}))
-            _keys(here, body, aliases)
-            with _within(here):
-                parts[part].append(cls(**{aliases[key]: value for key, value in body.items()}))
-    return Rule(sources=parts["from"], operations=parts["to"], conditions=parts["when"])
+        return policy_from_dict(cls, data)
 
 
 # -- deciding -------------------------------------------------------------------------------------------------
