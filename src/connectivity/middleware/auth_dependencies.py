@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from connectivity.errors import ConfigError
+from connectivity.security._authz_match import _patterns
 from connectivity.security.apikeys import ANONYMOUS_KEY
-from connectivity.security.authz import _patterns
 from connectivity.security.identity import PEER_KEY, PRINCIPAL_KEY, Peer, Principal
 from connectivity.security.spiffe import SCHEME
 
