@@ -29,6 +29,7 @@ __all__ = [
     "InvalidSpiffeIdError",
     "KeyPolicyError",
     "MalformedHeaderError",
+    "NoHealthyEndpointError",
     "PeerIdentityError",
     "PermissionDeniedError",
     "RateLimitedError",
@@ -324,4 +325,23 @@ class MalformedHeaderError(ConnectivityError, ValueError):
     def __init__(self, header: str, reason: str) -> None:
         super().__init__(f"{header}: {reason}")
         self.header = header
+        self.reason = reason
+
+
+class NoHealthyEndpointError(OutboundError):
+    """A load balancer had no endpoint to send the call to (discovery found none, or all are excluded); nothing
+    was sent.
+
+    Attributes:
+        service: The logical service (e.g. ``"orders"``).
+        reason: Why: ``"no endpoints"`` (discovery returned none), or what excluded them.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self, message: str, *, request: httpx.Request | None = None, service: str = "", reason: str = ""
+    ) -> None:
+        super().__init__(message, request=request)
+        self.service = service
         self.reason = reason

@@ -1,8 +1,9 @@
-"""Discovery: the endpoint model (later also the resolvers that produce endpoint lists: static, DNS, registries).
+"""Discovery: the endpoint model and the resolvers that produce endpoint lists.
 
 .. versionadded:: 0.1
 """
 
 from connectivity.discovery.endpoint import Endpoint
+from connectivity.discovery.resolver import Resolution, Resolver, Static, UpdateCallback
 
-__all__ = ["Endpoint"]
+__all__ = ["Endpoint", "Resolution", "Resolver", "Static", "UpdateCallback"]
