@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,3 +154,147 @@ class PKI:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     """A PKI made once per session; issue more leaves with ``pki.ca.issue(...)`` into ``tmp_path`` if needed."""
     return PKI(tmp_path_factory.mktemp("pki"))
+
+
+# --- For the TLS, rotation and certs tests: material made with connectivity.security.certs, and a bare TLS server.
+
+
+@dataclass(frozen=True)
+class DevLeaf:
+    """A leaf issued by :mod:`connectivity.security.certs`, written to files."""
+
+    cert: str
+    key: str
+    serial: int
+    spiffe_id: str | None
+
+
+class DevPKI:
+    """CAs (one per trust domain) and leaves made with ``connectivity.security.certs``, as files in a directory."""
+
+    def __init__(self, directory: Path) -> None:
+        from connectivity.security.certs import CertificateAuthority, create_ca
+
+        self.directory = directory
+        self._create_ca = create_ca
+        self.authorities: dict[str, CertificateAuthority] = {}
+
+    def ca(self, trust_domain: str = "example.test", *, stem: str | None = None) -> str:
+        """The CA bundle file of ``trust_domain`` (created on first use; ``stem`` makes another CA for it)."""
+        key = stem or trust_domain
+        if key not in self.authorities:
+            self.authorities[key] = self._create_ca(trust_domain, name=f"{key} test CA")
+            self.authorities[key].write(self.directory / f"{key}-ca.pem", self.directory / f"{key}-ca.key")
+        return str(self.directory / f"{key}-ca.pem")
+
+    def leaf(
+        self,
+        stem: str,
+        spiffe_id: str | None = None,
+        *,
+        ca: str = "example.test",
+        dns: tuple[str, ...] = ("localhost",),
+        ips: tuple[str, ...] = ("127.0.0.1",),
+        **options: object,
+    ) -> DevLeaf:
+        """Issue a leaf from CA ``ca`` (a trust domain or a ``stem`` given to :meth:`ca`) and write (or replace,
+        atomically) ``<stem>.pem`` and ``<stem>.key``."""
+        if ca not in self.authorities:
+            self.ca(ca)
+        authority = self.authorities[ca]
+        issued = authority.issue(spiffe_id=spiffe_id, dns_names=dns, ip_addresses=ips, **options)
+        cert, key = self.directory / f"{stem}.pem", self.directory / f"{stem}.key"
+        issued.write(cert, key, overwrite=True)
+        return DevLeaf(str(cert), str(key), issued.certificate.serial_number, spiffe_id)
+
+
+@pytest.fixture
+def dev_pki(tmp_path: Path) -> DevPKI:
+    """A fresh :class:`DevPKI` in the test's ``tmp_path``."""
+    return DevPKI(tmp_path)
+
+
+@dataclass
+class Accepted:
+    """One connection a :class:`TLSListener` accepted."""
+
+    handshake_error: str | None = None
+    received: bytes = b""
+    version: str | None = None
+    alpn: str | None = None
+    peer_serial: int | None = None
+
+
+class TLSListener:
+    """A bare TLS server on 127.0.0.1 in a thread: it completes each handshake and records, per connection, every
+    byte received after it until the client closes (nothing is ever answered), the handshake error if any, the TLS
+    version and ALPN protocol negotiated, and the client certificate's serial."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        import socket
+        import threading
+
+        self.context = context
+        self.accepted: list[Accepted] = []
+        self._done = threading.Condition()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._serve, name="tls-listener", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            record = Accepted()
+            conn.settimeout(5.0)
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    record.version, record.alpn = tls.version(), tls.selected_alpn_protocol()
+                    der = tls.getpeercert(binary_form=True)
+                    record.peer_serial = None if der is None else x509.load_der_x509_certificate(der).serial_number
+                    while chunk := tls.recv(65536):
+                        record.received += chunk
+            except (OSError, ValueError) as error:
+                if record.version is None:
+                    record.handshake_error = f"{type(error).__name__}: {error}"
+            finally:
+                conn.close()
+            with self._done:
+                self.accepted.append(record)
+                self._done.notify_all()
+
+    def wait(self, count: int, timeout: float = 5.0) -> list[Accepted]:
+        """Block until ``count`` connections have been closed; returns their records."""
+        with self._done:
+            if not self._done.wait_for(lambda: len(self.accepted) >= count, timeout):
+                raise TimeoutError(f"only {len(self.accepted)} of {count} connections finished")
+            return list(self.accepted)
+
+    def close(self) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (closing alone does not, on Linux)
+        self._sock.close()
+        self._thread.join(5.0)
+
+
+@pytest.fixture
+def tls_listener() -> Iterator[Callable[[ssl.SSLContext], TLSListener]]:
+    """Start :class:`TLSListener` servers with a given server context; all are closed after the test."""
+    started: list[TLSListener] = []
+
+    def start(context: ssl.SSLContext) -> TLSListener:
+        listener = TLSListener(context)
+        started.append(listener)
+        return listener
+
+    yield start
+    for listener in started:
+        listener.close()
