@@ -1,4 +1,4 @@
-"""``python -m bench [overhead|breaker|ratelimit|inbound|e2e|tracing|instructions|backends|all]``; JSON:
+"""``python -m bench [overhead|breaker|ratelimit|inbound|auth|e2e|tracing|instructions|backends|all]``; JSON:
 bench/results/."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import backends, breaker, e2e, inbound, instructions, overhead, ratelimit, tracing
+from bench import auth, backends, breaker, e2e, inbound, instructions, overhead, ratelimit, tracing
 
-_BENCHMARKS = ("overhead", "breaker", "ratelimit", "inbound", "e2e", "tracing", "instructions", "backends")
+_BENCHMARKS = ("overhead", "breaker", "ratelimit", "inbound", "auth", "e2e", "tracing", "instructions", "backends")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 inbound.run(
                     quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir
                 )
+            )
+        elif name == "auth":
+            results.append(
+                auth.run(quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir)
             )
         elif name == "tracing":
             results.append(
