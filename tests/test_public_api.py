@@ -5,6 +5,7 @@ import connectivity.admin
 import connectivity.backends
 import connectivity.middleware
 import connectivity.policies
+import connectivity.security
 import connectivity.telemetry
 import connectivity.testing
 import connectivity.transports
@@ -12,10 +13,12 @@ import connectivity.transports
 PUBLIC = [
     "AIMD",
     "AdaptiveConcurrency",
+    "AuthenticationError",
     "BackendUnavailableError",
     "Backoff",
     "Bulkhead",
     "CallRecord",
+    "CertificateError",
     "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
@@ -23,12 +26,19 @@ PUBLIC = [
     "ConfigError",
     "ConnectivityError",
     "ConnectivityWarning",
+    "CredentialError",
     "Deadline",
     "DeadlineExceededError",
     "Gradient2",
     "Hedge",
+    "InvalidSpiffeIdError",
+    "KeyPolicyError",
+    "MalformedHeaderError",
+    "NoHealthyEndpointError",
     "OutboundError",
+    "PeerIdentityError",
     "PerTryTimeoutError",
+    "PermissionDeniedError",
     "RateLimit",
     "RateLimitedError",
     "RateLimiter",
@@ -39,9 +49,12 @@ PUBLIC = [
     "Timeout",
     "Vegas",
     "__version__",
+    "balancing",
     "current_deadline",
     "deadline",
+    "discovery",
     "policies",
+    "security",
     "transport",
     "transports",
 ]
@@ -57,6 +70,7 @@ SUBPACKAGES = {
         "AccessLogTransport",
         "AdaptiveConcurrencyTransport",
         "AiohttpTransport",
+        "AuthTransport",
         "AutoTransport",
         "BulkheadTransport",
         "CallRecord",
@@ -66,6 +80,7 @@ SUBPACKAGES = {
         "HedgingTransport",
         "Inner",
         "Layer",
+        "PeerIdentityTransport",
         "RateLimitTransport",
         "RequestIDTransport",
         "RetryTransport",
@@ -74,12 +89,62 @@ SUBPACKAGES = {
         "failure_kind",
     ],
     connectivity.middleware: [
+        "APIKeyAuthMiddleware",
         "AccessLogMiddleware",
+        "AuthorizationMiddleware",
         "ConcurrencyLimitMiddleware",
+        "JWTAuthMiddleware",
+        "PeerIdentityMiddleware",
         "RateLimitMiddleware",
         "RequestIDMiddleware",
         "TracingMiddleware",
         "rate_limit",
+        "require_groups",
+        "require_peer",
+        "require_scopes",
+    ],
+    connectivity.security: [
+        "JWKS",
+        "MTLS",
+        "APIKey",
+        "Authorizer",
+        "BearerToken",
+        "CertificateAuthority",
+        "CertificateStatus",
+        "ClientCredentials",
+        "Condition",
+        "Consumer",
+        "Credentials",
+        "Decision",
+        "IssuedCertificate",
+        "JWTVerifier",
+        "KeyRing",
+        "Operation",
+        "Peer",
+        "PeerHandshake",
+        "PeerVerificationError",
+        "Policy",
+        "Principal",
+        "RequestFacts",
+        "RotationEvent",
+        "Rule",
+        "ServiceJWT",
+        "SkippedKey",
+        "Source",
+        "SpiffeId",
+        "TLSContext",
+        "VerificationKey",
+        "XfccElement",
+        "create_ca",
+        "generate_key",
+        "hash_key",
+        "issue",
+        "load_ca",
+        "parse_client_cert",
+        "parse_client_cert_chain",
+        "parse_xfcc",
+        "peer_of",
+        "principal_of",
     ],
     connectivity.backends: ["RedisBreakerBackend", "RedisCircuit", "RedisRateLimiter"],
     connectivity.telemetry: [
@@ -139,11 +204,18 @@ def test_outbound_errors_are_httpx_transport_errors() -> None:
         connectivity.RetriesExhaustedError,
         connectivity.RetryBudgetExhaustedError,
         connectivity.OutboundError,
+        connectivity.PeerIdentityError,
+        connectivity.CredentialError,
+        connectivity.NoHealthyEndpointError,
     ):
         assert issubclass(error, connectivity.ConnectivityError)
         assert issubclass(error, httpx.TransportError)
     assert issubclass(connectivity.DeadlineExceededError, httpx.TimeoutException)
     assert issubclass(connectivity.ConfigError, ValueError)
+    for config in (connectivity.CertificateError, connectivity.KeyPolicyError, connectivity.InvalidSpiffeIdError):
+        assert issubclass(config, connectivity.ConfigError)
+    for inbound in (connectivity.AuthenticationError, connectivity.PermissionDeniedError):
+        assert not issubclass(inbound, httpx.TransportError)
 
 
 def test_policy_core_imports_no_io_and_nothing_above_it() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from collections.abc import Iterable
 from typing import Any, Literal, TypeAlias
 
 from connectivity.errors import ConfigError, ConnectivityWarning
@@ -17,16 +18,20 @@ from connectivity.policies.hedge import Hedge
 from connectivity.policies.ratelimit import RateLimiter
 from connectivity.policies.retry import Retry
 from connectivity.policies.timeout import Timeout
+from connectivity.security.credentials import Credentials
+from connectivity.security.tls import MTLS
 from connectivity.telemetry.otel import Telemetry, track_budget
 from connectivity.telemetry.redaction import redact_httpx_logs
 from connectivity.transports._auto import AutoTransport
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.aiohttp import AiohttpTransport
+from connectivity.transports.auth import AuthTransport
 from connectivity.transports.breaker import CircuitBreakerTransport, Scope
 from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
+from connectivity.transports.peer_identity import PeerIdentityTransport
 from connectivity.transports.ratelimit import RateLimitTransport
 from connectivity.transports.request_id import RequestIDTransport
 from connectivity.transports.retry import RetryTransport
@@ -70,6 +75,9 @@ def transport(
     bulkhead: Bulkhead | AdaptiveConcurrency | None = None,
     rate_limit: RateLimiter | Any = None,
     rate_limit_mode: Literal["wait", "reject"] = "wait",
+    tls: MTLS | None = None,
+    auth: Credentials | None = None,
+    auth_hosts: Iterable[str] | None = None,
     telemetry: Telemetry | Literal[False] | None = None,
     access_log: bool | logging.Logger = False,
     request_id: bool = True,
@@ -80,8 +88,9 @@ def transport(
 ) -> Layer:
     """Build the recommended outbound stack, outermost first.
 
-    ``tracing -> access log -> request id -> total timeout / ambient deadline -> retry (+ budget) ->
-    rate limit -> circuit breaker -> bulkhead / adaptive concurrency -> hedging -> per-try timeout -> network``
+    ``tracing -> access log -> request id -> total timeout / ambient deadline -> retry (+ budget) -> auth ->
+    rate limit -> circuit breaker -> bulkhead / adaptive concurrency -> hedging -> per-try timeout -> peer identity
+    -> network``
 
     Every argument is optional. The result works with both ``httpx.Client`` and ``httpx.AsyncClient``.
 
@@ -105,6 +114,15 @@ def transport(
             Each attempt takes a permit; a host that answered 429 with ``Retry-After`` is held off.
         rate_limit_mode: ``"wait"`` (default: wait for a permit, within the deadline and 1 s) or ``"reject"``
             (raise :class:`~connectivity.RateLimitedError` at once).
+        tls: Mutual TLS (:class:`~connectivity.security.MTLS`): the network transport is built with its client
+            context, which presents this service's certificate and checks the upstream's SPIFFE id (or DNS name)
+            during the handshake, before any byte of the request is sent; a mismatch raises
+            :class:`~connectivity.PeerIdentityError` (not retried). Not with ``inner``, ``verify`` or ``cert``.
+        auth: Outbound credentials (:class:`~connectivity.security.Credentials`: ``BearerToken``, ``APIKey``,
+            ``ClientCredentials``, ``ServiceJWT``), set on every attempt. OAuth2 tokens are fetched through the
+            same stack below this layer (pool, TLS, per-try timeout, breaker) with the same retry policy, and a
+            401 gets one refresh and resend.
+        auth_hosts: Only these hosts get the credentials (default: every host the client calls).
         telemetry: Tracing and metrics (:class:`~connectivity.transports.TracingTransport`). ``None`` (default)
             uses the global OpenTelemetry providers, which costs next to nothing until an SDK is installed;
             ``False`` leaves the layer out.
@@ -154,9 +172,11 @@ def transport(
     if hedge is not None:
         hedge = _hedge(hedge, policy, limits.total, per_try)
 
+    if tls is not None:
+        options = _with_tls(tls, inner, options)
     base = _network(inner, backend, options)
     _warn_nested_retries(base, policy)
-    stack: Inner = base
+    stack: Inner = base if tls is None else PeerIdentityTransport(base, tls=tls)
     if per_try is not None:
         stack = TimeoutTransport(stack, per_try, per_try=True, propagate=limits.propagate, clock=clock)
     if hedge is not None:
@@ -181,6 +201,10 @@ def transport(
         if not isinstance(rate_limit, RateLimiter) and not getattr(rate_limit, "remote", False):
             raise ConfigError("transport.rate_limit", rate_limit, "must be a connectivity.RateLimiter or None")
         stack = RateLimitTransport(stack, rate_limit, mode=rate_limit_mode, clock=clock)
+    if auth is not None:
+        stack = _auth(stack, auth, auth_hosts, policy, clock)
+    elif auth_hosts is not None:
+        raise ConfigError("transport.auth_hosts", auth_hosts, "needs auth")
     if policy is not None:
         stack = RetryTransport(stack, policy, clock=clock)
     # Always present, even without a total: an ambient `connectivity.deadline()` is then enforced too.
@@ -206,6 +230,43 @@ def transport(
 
         register_client(name, outer)
     return outer
+
+
+def _with_tls(tls: MTLS, inner: Inner | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The network options with ``tls``'s client context as ``verify``."""
+    if not isinstance(tls, MTLS):
+        raise ConfigError(
+            "transport.tls", f"<{type(tls).__name__}>", "must be a connectivity.security.MTLS or None"
+        )
+    if inner is not None:
+        raise ConfigError(
+            "transport.tls",
+            tls,
+            "cannot be combined with an explicit inner transport: build it with verify=tls.client_context() and "
+            "wrap it in connectivity.transports.PeerIdentityTransport",
+        )
+    for name in ("verify", "cert"):
+        if name in options:
+            raise ConfigError(f"transport.{name}", "<given>", "is set by tls=; give one or the other")
+    return {**options, "verify": tls.client_context()}
+
+
+def _auth(
+    stack: Inner, auth: Credentials, hosts: Iterable[str] | None, retry: Retry | None, clock: Clock
+) -> Inner:
+    """The credentials layer; token requests go through the stack below it, retried like any call (POST too:
+    asking for another token is harmless)."""
+    if not isinstance(auth, Credentials):
+        # The value may be a secret (a token passed as a string): name its type only.
+        raise ConfigError(
+            "transport.auth", f"<{type(auth).__name__}>", "must be a connectivity.security.Credentials or None"
+        )
+    tokens = (
+        None
+        if retry is None
+        else RetryTransport(stack, dataclasses.replace(retry, methods=retry.methods | {"POST"}), clock=clock)
+    )
+    return AuthTransport(stack, auth, token_transport=tokens, hosts=hosts)
 
 
 def _network(inner: Inner | None, backend: Backend | None, options: dict[str, Any]) -> Inner:

@@ -11,10 +11,12 @@ from connectivity.transports._base import Inner, Layer
 from connectivity.transports._outcome import EXTENSION, CallRecord, failure_kind
 from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.aiohttp import AiohttpTransport
+from connectivity.transports.auth import AuthTransport
 from connectivity.transports.breaker import CircuitBreakerTransport
 from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
+from connectivity.transports.peer_identity import PeerIdentityTransport
 from connectivity.transports.ratelimit import RateLimitTransport
 from connectivity.transports.request_id import RequestIDTransport
 from connectivity.transports.retry import RetryTransport
@@ -26,6 +28,7 @@ __all__ = [
     "AccessLogTransport",
     "AdaptiveConcurrencyTransport",
     "AiohttpTransport",
+    "AuthTransport",
     "AutoTransport",
     "BulkheadTransport",
     "CallRecord",
@@ -34,6 +37,7 @@ __all__ = [
     "HedgingTransport",
     "Inner",
     "Layer",
+    "PeerIdentityTransport",
     "RateLimitTransport",
     "RequestIDTransport",
     "RetryTransport",
