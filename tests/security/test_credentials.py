@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
 from connectivity.errors import ConfigError, CredentialError, DeadlineExceededError, KeyPolicyError
 from connectivity.security import service_jwt as module
-from connectivity.security.credentials import TOKEN_FAILED, TOKEN_FETCHED, APIKey, BearerToken
+from connectivity.security.credentials import APIKey, BearerToken
 from connectivity.security.oauth2 import ClientCredentials
 from connectivity.security.service_jwt import ServiceJWT
 from connectivity.telemetry import events
+from connectivity.telemetry.events import TOKEN_FAILED, TOKEN_FETCHED
 from connectivity.testing import FakeClock
 
 SECRET = "s3cr3t+/client=secret"

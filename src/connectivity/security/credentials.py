@@ -32,8 +32,6 @@ import httpx
 from connectivity.errors import ConfigError
 
 __all__ = [
-    "TOKEN_FAILED",
-    "TOKEN_FETCHED",
     "APIKey",
     "AsyncSend",
     "BearerToken",
@@ -47,11 +45,6 @@ it)."""
 AsyncSend = Callable[[httpx.Request], Awaitable[httpx.Response]]
 """Async :data:`Send`."""
 
-TOKEN_FETCHED = "connectivity.credentials.fetched"
-"""A token was fetched. Attributes: ``connectivity.reason`` (``initial``, ``expired``, ``refresh ahead``,
-``rejected``), ``connectivity.delay`` (the token's lifetime, seconds)."""
-TOKEN_FAILED = "connectivity.credentials.failed"
-"""A token fetch failed. Attributes: ``connectivity.reason`` (e.g. ``status 500``, ``not JSON``)."""
 
 _log = logging.getLogger("connectivity.security")
 

@@ -26,8 +26,6 @@ from connectivity.security.credentials import (
     _HEADER_SAFE,
     _SAFE_WORD,
     _SCOPE_TOKEN,
-    TOKEN_FAILED,
-    TOKEN_FETCHED,
     AsyncSend,
     Credentials,
     Send,
@@ -36,7 +34,7 @@ from connectivity.security.credentials import (
     _Token,
 )
 from connectivity.telemetry import semconv
-from connectivity.telemetry.events import emit
+from connectivity.telemetry.events import TOKEN_FAILED, TOKEN_FETCHED, emit
 from connectivity.telemetry.redaction import DEFAULT_REDACTION
 
 __all__ = ["ClientCredentials"]

@@ -38,6 +38,8 @@ __all__ = [
     "RATE_LIMIT_WAIT",
     "RETRY_GAVE_UP",
     "RETRY_SCHEDULED",
+    "TOKEN_FAILED",
+    "TOKEN_FETCHED",
     "AttributeValue",
     "CallObserver",
     "Listener",
@@ -78,6 +80,11 @@ ENDPOINT_EJECTED = "connectivity.endpoint.ejected"
 ``connectivity.delay`` (ejection time, seconds)."""
 ENDPOINT_RESTORED = "connectivity.endpoint.restored"
 """An ejected endpoint was put back. Attributes: ``connectivity.endpoint``."""
+TOKEN_FETCHED = "connectivity.credentials.fetched"
+"""A token was fetched. Attributes: ``connectivity.reason`` (``initial``, ``expired``, ``refresh ahead``,
+``rejected``), ``connectivity.delay`` (the token's lifetime, seconds)."""
+TOKEN_FAILED = "connectivity.credentials.failed"
+"""A token fetch failed. Attributes: ``connectivity.reason`` (e.g. ``status 500``, ``not JSON``)."""
 
 EVENTS = frozenset(
     {
@@ -93,6 +100,8 @@ EVENTS = frozenset(
         ENDPOINT_PICKED,
         ENDPOINT_EJECTED,
         ENDPOINT_RESTORED,
+        TOKEN_FETCHED,
+        TOKEN_FAILED,
     }
 )
 """Every event name a connectivity layer emits."""
