@@ -8,6 +8,11 @@ peer in ``scope["connectivity.peer"]``, the principal in ``scope["connectivity.p
 body. DENY policies are evaluated first, then ALLOW ones; once any ALLOW policy exists, a request that matches
 none is denied.
 
+Decisions are pure functions of what they read, so the middleware remembers the last few thousand by that input
+(method, raw path, peer, principal, the JWT's issuer, anonymity): a repeated request costs a tuple and a dict
+lookup instead of building the request's facts and running every policy. Policies whose conditions read JWT claims
+(``request.auth.claims[...]``) are evaluated every time.
+
 The body says ``access denied`` and nothing else unless ``expose_policy=True``, which adds the deciding policy's
 name (never its contents). A decision that fails for an unexpected reason is a denial, logged: authorization
 fails closed, and never as a 500.
@@ -22,7 +27,9 @@ from typing import Any
 
 from connectivity.errors import ConfigError
 from connectivity.middleware._asgi import ASGIApp, Receive, Scope, Send, require_app, target_path
+from connectivity.security.apikeys import ANONYMOUS_KEY
 from connectivity.security.authz import Authorizer, Decision, Policy, RequestFacts
+from connectivity.security.identity import CLAIMS_KEY, PEER_KEY, PRINCIPAL_KEY, Peer, Principal
 
 __all__ = ["DECISION_KEY", "AuthorizationMiddleware"]
 
@@ -31,6 +38,38 @@ DECISION_KEY = "connectivity.authz"
 
 _log = logging.getLogger("connectivity.security")
 _ERROR = Decision(False, None, "the decision failed")
+_MEMO_SIZE = 4096
+
+
+def _reads_claims(authorizer: Authorizer) -> bool:
+    return any(
+        condition.key.startswith("request.auth.claims")
+        for policy in authorizer.policies
+        for rule in policy.rules
+        for condition in rule.conditions
+    )
+
+
+def _memo_key(scope: Scope) -> tuple[Any, ...] | None:
+    """What a decision depends on (as :meth:`RequestFacts.from_scope` reads it), or ``None`` when unusual."""
+    principal = scope.get(PRINCIPAL_KEY)
+    peer = scope.get(PEER_KEY)
+    issuer = None
+    if type(principal) is Principal:
+        if principal.method == "jwt":
+            claims = scope.get(CLAIMS_KEY)
+            if not isinstance(claims, Mapping):
+                claims = principal.claims
+            issuer = claims.get("iss")
+            if issuer is not None and type(issuer) is not str:
+                return None
+    elif principal is not None:
+        principal = None
+    method, path = scope.get("method"), scope.get("path")
+    if type(method) is not str or type(path) is not str:
+        return None
+    anonymous = scope.get(ANONYMOUS_KEY) is True
+    return (method, path, peer if type(peer) is Peer else None, principal, issuer, anonymous)
 
 
 def _forbidden(policy: str | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -72,7 +111,7 @@ class AuthorizationMiddleware:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_answers", "app", "authorizer", "expose_policy")
+    __slots__ = ("_answers", "_memo", "app", "authorizer", "expose_policy")
 
     def __init__(
         self,
@@ -90,9 +129,24 @@ class AuthorizationMiddleware:
         if expose_policy:
             names += [policy.name for policy in self.authorizer.policies]
         self._answers = {name: _forbidden(name) for name in names}
+        self._memo: dict[tuple[Any, ...], Decision] | None = None if _reads_claims(self.authorizer) else {}
 
     def __repr__(self) -> str:
         return f"AuthorizationMiddleware(policies={[p.name for p in self.authorizer.policies]!r})"
+
+    def _decide(self, scope: Scope) -> Decision:
+        memo = self._memo
+        if memo is not None:
+            key = _memo_key(scope)
+            if key is not None:
+                decision = memo.get(key)
+                if decision is None:
+                    decision = self.authorizer.decide(RequestFacts.from_scope(scope))
+                    if len(memo) >= _MEMO_SIZE:
+                        memo.clear()
+                    memo[key] = decision
+                return decision
+        return self.authorizer.decide(RequestFacts.from_scope(scope))
 
     async def _deny(self, scope: Scope, send: Send, decision: Decision) -> None:
         _log.debug("request denied: %s (%s %s)", decision.reason, scope.get("method", "GET"), target_path(scope))
@@ -108,7 +162,7 @@ class AuthorizationMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            decision = self.authorizer.decide(RequestFacts.from_scope(scope))
+            decision = self._decide(scope)
         except Exception:  # a bug or a scope no server builds: deny, never a 500
             _log.warning("authorization failed: request denied", exc_info=True)
             decision = _ERROR
