@@ -35,6 +35,9 @@ def make_backend(redis_server: RedisServer) -> Iterator[BackendFactory]:
     made: list[RedisBreakerBackend] = []
 
     def make(**kwargs: Any) -> RedisBreakerBackend:
+        # The library's 50 ms default is for production; on a loaded 2-core runner a healthy Redis can take
+        # longer, and a test about shared semantics must not fall back to local state. Outage tests pass their own.
+        kwargs.setdefault("timeout", 1.0)
         backend = RedisBreakerBackend(kwargs.pop("url", redis_server.url), **kwargs)
         made.append(backend)
         return backend
