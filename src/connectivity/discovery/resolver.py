@@ -7,9 +7,13 @@ asks it, without I/O, for that list (:meth:`Resolver.current`) on every request,
 watch, a file watcher) also implements :meth:`Resolver.watch`, which the transport runs in its own task group for
 as long as it lives.
 
-A failed refresh never loses the last good list: it is kept, with the error and the time it happened in
-:class:`Resolution`, and the next refresh is due after ``retry_interval``. An empty list is a valid answer (the
-balancer raises :class:`~connectivity.errors.NoHealthyEndpointError` for it), never a crash.
+A failed refresh never loses the last good list: it is kept, with the error (as text and as the exception
+object) in :class:`Resolution`, and the next refresh is due after ``retry_interval``. Resolvers report a source
+that cannot be read (a name that does not exist, a registry that is down, a malformed answer) as a
+:class:`DiscoveryError` and an answer with an invalid endpoint in it as a
+:class:`~connectivity.errors.ConfigError` naming the entry; either way the whole answer is rejected, as Envoy
+rejects (NACKs) an invalid endpoint update, and the previous list stays in force. An empty list is a valid answer
+(the balancer raises :class:`~connectivity.errors.NoHealthyEndpointError` for it), never a crash.
 """
 
 from __future__ import annotations
@@ -17,14 +21,37 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from connectivity.discovery.endpoint import Endpoint
-from connectivity.errors import ConfigError
+from connectivity.errors import ConfigError, ConnectivityError
 from connectivity.policies._validate import finite_positive
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["Resolution", "Resolver", "Static", "UpdateCallback"]
+__all__ = ["DiscoveryError", "Resolution", "Resolver", "Static", "UpdateCallback"]
+
+
+class DiscoveryError(ConnectivityError):
+    """A resolver could not get an endpoint list from its source; the last good list stays in force.
+
+    It is never raised to a caller of :meth:`Resolver.refresh`: it lands in :attr:`Resolution.exception`
+    (and, as text, in :attr:`Resolution.error`).
+
+    Attributes:
+        source: What was being resolved (``"dns:_http._tcp.orders.internal"``, ``"file:/etc/orders.json"``).
+        kind: ``"not-found"`` (NXDOMAIN, a missing file), ``"no-data"`` (the name exists but has no record of
+            the type asked), ``"timeout"``, ``"unavailable"`` (no server answered, connection refused, a server
+            error) or ``"malformed"`` (an answer that could not be parsed or holds an invalid record).
+        reason: What happened, for people.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, source: str, kind: str, reason: str) -> None:
+        self.source = source
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +64,9 @@ class Resolution:
         resolved_at: Clock time of the last successful refresh (``None``: never).
         error: Why the last refresh failed (``None`` when it succeeded); the endpoints are then the older ones.
         source: What was resolved, for messages and the status app (e.g. ``"dns:_http._tcp.orders.internal"``).
+        exception: The exception behind ``error`` (a :class:`DiscoveryError`, a
+            :class:`~connectivity.errors.ConfigError` naming the bad entry, ...), without its traceback; ``None``
+            when the last refresh succeeded. Not part of equality.
 
     .. versionadded:: 0.1
     """
@@ -46,6 +76,7 @@ class Resolution:
     resolved_at: float | None = None
     error: str | None = None
     source: str = ""
+    exception: Exception | None = field(default=None, compare=False, repr=False)
 
 
 UpdateCallback = Callable[[Resolution], None]
@@ -66,6 +97,8 @@ class Resolver(ABC):
 
     .. versionadded:: 0.1
     """
+
+    __slots__ = ("_due_at", "_lock", "_resolution", "clock", "refresh_interval", "retry_interval", "source")
 
     def __init__(
         self,
@@ -145,16 +178,28 @@ class Resolver(ABC):
     def _failed(self, error: Exception) -> Resolution:
         now = self.clock.now()
         message = f"{type(error).__name__}: {error}"
+        _drop_tracebacks(error)
         with self._lock:
             previous = self._resolution
             self._resolution = Resolution(
-                previous.endpoints, previous.version, previous.resolved_at, message, self.source
+                previous.endpoints, previous.version, previous.resolved_at, message, self.source, error
             )
             self._due_at = now + self.retry_interval
             return self._resolution
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r})"
+
+
+def _drop_tracebacks(error: BaseException) -> None:
+    """Clear the tracebacks of an error and its causes: kept in a :class:`Resolution`, they would keep the failed
+    lookup's frames (sockets, buffers) alive until the next refresh."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
 
 
 class Static(Resolver):
@@ -165,6 +210,8 @@ class Static(Resolver):
 
     .. versionadded:: 0.1
     """
+
+    __slots__ = ("_endpoints",)
 
     def __init__(self, endpoints: Iterable[Endpoint | str], *, clock: Clock = SYSTEM_CLOCK) -> None:
         if isinstance(endpoints, (str, bytes)):

@@ -9,19 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
 if TYPE_CHECKING:
     from connectivity.testing.clock import FakeClock
+    from connectivity.testing.dnsmasq import DnsmasqServer
+    from connectivity.testing.etcd import EtcdServer
     from connectivity.testing.otel import InMemoryTelemetry
     from connectivity.testing.redis import RedisServer
     from connectivity.testing.server import RunningServer
     from connectivity.testing.upstream import Faults, FaultyUpstream
 
-__all__ = ["UpstreamFactory", "fake_clock", "faulty_upstream", "faulty_upstream_factory"]
+__all__ = [
+    "DnsmasqFactory",
+    "UpstreamFactory",
+    "dnsmasq_factory",
+    "etcd_server",
+    "fake_clock",
+    "faulty_upstream",
+    "faulty_upstream_factory",
+]
+
+DnsmasqFactory = Callable[..., "DnsmasqServer"]
+"""Starts a dnsmasq with the records given as keyword arguments (those of
+:func:`connectivity.testing.dnsmasq.dnsmasq_server`)."""
 
 _SYSTEM_MARKER = "system: needs a system binary (skipped locally when absent; required in CI)"
 
@@ -68,6 +82,36 @@ def redis_server() -> Iterator[RedisServer]:
     from connectivity.testing.system import require_binary
 
     with serve_redis(binary=require_binary("redis-server")) as server:
+        yield server
+
+
+@pytest.fixture
+def dnsmasq_factory() -> Iterator[DnsmasqFactory]:
+    """Start throwaway dnsmasq servers on free 127.0.0.1 ports: ``dnsmasq_factory(srv=[SRV(...)], hosts={...},
+    ttl=1)`` returns a running :class:`~connectivity.testing.dnsmasq.DnsmasqServer` (``.nameserver``,
+    ``.set_hosts()``, ``.restart(srv=...)``); all are killed when the test ends. Skipped without dnsmasq unless
+    CONNECTIVITY_REQUIRE_SYSTEM_DEPS=1."""
+    from connectivity.testing.dnsmasq import dnsmasq_server
+    from connectivity.testing.system import require_binary
+
+    binary = require_binary("dnsmasq")
+    with contextlib.ExitStack() as stack:
+
+        def start(**records: Any) -> DnsmasqServer:
+            return stack.enter_context(dnsmasq_server(binary=binary, **records))
+
+        yield start
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[EtcdServer]:
+    """A throwaway single-member etcd on free 127.0.0.1 ports: ``.url``, ``.put()``, ``.delete()``,
+    ``.replace()``, ``.stop()``/``.start()`` (same ports, data kept). Skipped without etcd unless
+    CONNECTIVITY_REQUIRE_SYSTEM_DEPS=1."""
+    from connectivity.testing.etcd import etcd_server as serve_etcd
+    from connectivity.testing.system import require_binary
+
+    with serve_etcd(binary=require_binary("etcd")) as server:
         yield server
 
 
