@@ -1,5 +1,5 @@
-"""``python -m bench [overhead|breaker|ratelimit|inbound|auth|e2e|tracing|instructions|backends|all]``; JSON:
-bench/results/."""
+"""``python -m bench [overhead|breaker|ratelimit|inbound|auth|e2e|tracing|instructions|backends|balancing|all]``;
+JSON: bench/results/."""
 
 from __future__ import annotations
 
@@ -9,9 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import auth, backends, breaker, e2e, inbound, instructions, overhead, ratelimit, tracing
+from bench import auth, backends, balancing, breaker, e2e, inbound, instructions, overhead, ratelimit, tracing
 
-_BENCHMARKS = ("overhead", "breaker", "ratelimit", "inbound", "auth", "e2e", "tracing", "instructions", "backends")
+_BENCHMARKS = (
+    "overhead",
+    "breaker",
+    "ratelimit",
+    "inbound",
+    "auth",
+    "e2e",
+    "tracing",
+    "instructions",
+    "backends",
+    "balancing",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif name == "tracing":
             results.append(
                 tracing.run(
+                    quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir
+                )
+            )
+        elif name == "balancing":
+            results.append(
+                balancing.run(
                     quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir
                 )
             )

@@ -3,8 +3,11 @@
 import connectivity
 import connectivity.admin
 import connectivity.backends
+import connectivity.balancing
+import connectivity.discovery
 import connectivity.middleware
 import connectivity.policies
+import connectivity.routing
 import connectivity.security
 import connectivity.telemetry
 import connectivity.testing
@@ -35,6 +38,7 @@ PUBLIC = [
     "KeyPolicyError",
     "MalformedHeaderError",
     "NoHealthyEndpointError",
+    "NoRouteError",
     "OutboundError",
     "PeerIdentityError",
     "PerTryTimeoutError",
@@ -54,6 +58,7 @@ PUBLIC = [
     "deadline",
     "discovery",
     "policies",
+    "routing",
     "security",
     "transport",
     "transports",
@@ -76,14 +81,18 @@ SUBPACKAGES = {
         "CallRecord",
         "CircuitBreakerTransport",
         "EXTENSION",
+        "FaultInjectionTransport",
         "HTTPTransport",
         "HedgingTransport",
         "Inner",
         "Layer",
+        "LoadBalancingTransport",
+        "MirrorTransport",
         "PeerIdentityTransport",
         "RateLimitTransport",
         "RequestIDTransport",
         "RetryTransport",
+        "RoutingTransport",
         "TimeoutTransport",
         "TracingTransport",
         "failure_kind",
@@ -146,6 +155,56 @@ SUBPACKAGES = {
         "peer_of",
         "principal_of",
     ],
+    connectivity.balancing: [
+        "DEFAULT_DECAY",
+        "DEFAULT_PENALTY",
+        "EWMA",
+        "EndpointSet",
+        "EndpointStats",
+        "HealthCheck",
+        "HealthChecker",
+        "HealthTransition",
+        "LeastRequest",
+        "Maglev",
+        "Picker",
+        "Random",
+        "RingHash",
+        "RoundRobin",
+        "SlowStart",
+        "Weighted",
+        "ZoneAwarePicker",
+    ],
+    connectivity.discovery: [
+        "DNS",
+        "DiscoveryError",
+        "Endpoint",
+        "Etcd",
+        "File",
+        "Resolution",
+        "Resolver",
+        "Static",
+        "UpdateCallback",
+        "parse_endpoints",
+    ],
+    connectivity.routing: [
+        "Abort",
+        "Backend",
+        "Delay",
+        "FaultDecision",
+        "FaultInjection",
+        "FaultStats",
+        "HeaderMatch",
+        "MirrorSlots",
+        "MirrorStats",
+        "Override",
+        "PathMatch",
+        "Route",
+        "RouteChoice",
+        "RouteTable",
+        "Sticky",
+        "shadow_host",
+        "stable_fraction",
+    ],
     connectivity.backends: ["RedisBreakerBackend", "RedisCircuit", "RedisRateLimiter"],
     connectivity.telemetry: [
         "DEFAULT_REDACTION",
@@ -207,6 +266,7 @@ def test_outbound_errors_are_httpx_transport_errors() -> None:
         connectivity.PeerIdentityError,
         connectivity.CredentialError,
         connectivity.NoHealthyEndpointError,
+        connectivity.NoRouteError,
     ):
         assert issubclass(error, connectivity.ConnectivityError)
         assert issubclass(error, httpx.TransportError)

@@ -16,7 +16,7 @@ Example::
     client = httpx.AsyncClient(transport=transport, base_url="http://orders")
 """
 
-from connectivity import balancing, discovery, policies, security, transports
+from connectivity import balancing, discovery, policies, routing, security, transports
 from connectivity._builder import transport
 from connectivity._version import __version__
 from connectivity.errors import (
@@ -34,6 +34,7 @@ from connectivity.errors import (
     KeyPolicyError,
     MalformedHeaderError,
     NoHealthyEndpointError,
+    NoRouteError,
     OutboundError,
     PeerIdentityError,
     PermissionDeniedError,
@@ -88,6 +89,7 @@ __all__ = [
     "KeyPolicyError",
     "MalformedHeaderError",
     "NoHealthyEndpointError",
+    "NoRouteError",
     "OutboundError",
     "PeerIdentityError",
     "PerTryTimeoutError",
@@ -107,6 +109,7 @@ __all__ = [
     "deadline",
     "discovery",
     "policies",
+    "routing",
     "security",
     "transport",
     "transports",

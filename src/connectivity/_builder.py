@@ -8,6 +8,10 @@ import warnings
 from collections.abc import Iterable
 from typing import Any, Literal, TypeAlias
 
+from connectivity.balancing.base import Picker
+from connectivity.balancing.health import HealthCheck
+from connectivity.discovery.endpoint import Endpoint
+from connectivity.discovery.resolver import Resolver
 from connectivity.errors import ConfigError, ConnectivityWarning
 from connectivity.policies.breaker import CircuitBreaker
 from connectivity.policies.budget import RetryBudget
@@ -15,6 +19,7 @@ from connectivity.policies.bulkhead import Bulkhead
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.concurrency import AdaptiveConcurrency
 from connectivity.policies.hedge import Hedge
+from connectivity.policies.outlier import OutlierDetector
 from connectivity.policies.ratelimit import RateLimiter
 from connectivity.policies.retry import Retry
 from connectivity.policies.timeout import Timeout
@@ -27,6 +32,7 @@ from connectivity.transports._base import Inner, Layer
 from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.aiohttp import AiohttpTransport
 from connectivity.transports.auth import AuthTransport
+from connectivity.transports.balancing import LoadBalancingTransport
 from connectivity.transports.breaker import CircuitBreakerTransport, Scope
 from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
 from connectivity.transports.hedging import HedgingTransport
@@ -75,6 +81,11 @@ def transport(
     bulkhead: Bulkhead | AdaptiveConcurrency | None = None,
     rate_limit: RateLimiter | Any = None,
     rate_limit_mode: Literal["wait", "reject"] = "wait",
+    discovery: Resolver | Iterable[Endpoint | str] | None = None,
+    balancer: Picker | None = None,
+    outlier: OutlierDetector | None = None,
+    health_check: HealthCheck | None = None,
+    service: str | None = None,
     tls: MTLS | None = None,
     auth: Credentials | None = None,
     auth_hosts: Iterable[str] | None = None,
@@ -89,8 +100,8 @@ def transport(
     """Build the recommended outbound stack, outermost first.
 
     ``tracing -> access log -> request id -> total timeout / ambient deadline -> retry (+ budget) -> auth ->
-    rate limit -> circuit breaker -> bulkhead / adaptive concurrency -> hedging -> per-try timeout -> peer identity
-    -> network``
+    rate limit -> circuit breaker -> bulkhead / adaptive concurrency -> hedging -> load balancing -> per-try
+    timeout -> peer identity -> network``
 
     Every argument is optional. The result works with both ``httpx.Client`` and ``httpx.AsyncClient``.
 
@@ -114,6 +125,17 @@ def transport(
             Each attempt takes a permit; a host that answered 429 with ``Retry-After`` is held off.
         rate_limit_mode: ``"wait"`` (default: wait for a permit, within the deadline and 1 s) or ``"reject"``
             (raise :class:`~connectivity.RateLimitedError` at once).
+        discovery: Where the service's endpoints come from (a :class:`~connectivity.discovery.Resolver` such as
+            ``connectivity.discovery.DNS("_http._tcp.orders.internal")``, or a list of ``"host:port"``): each
+            attempt then goes to one endpoint (:class:`~connectivity.transports.LoadBalancingTransport`, inside
+            the retry and hedging layers, so a retry picks again and prefers another endpoint). Off by default.
+        balancer: The picker (default :class:`~connectivity.balancing.EWMA`). Needs ``discovery``.
+        outlier: Passive outlier detection (:class:`~connectivity.policies.outlier.OutlierDetector`), off by
+            default as in Envoy. Needs ``discovery``.
+        health_check: Active health checks (:class:`~connectivity.balancing.HealthCheck`), off by default. Needs
+            ``discovery``.
+        service: The logical service's name, for errors, events and the health checks' ``Host`` header (default:
+            ``name``, else ``"upstream"``).
         tls: Mutual TLS (:class:`~connectivity.security.MTLS`): the network transport is built with its client
             context, which presents this service's certificate and checks the upstream's SPIFFE id (or DNS name)
             during the handshake, before any byte of the request is sent; a mismatch raises
@@ -179,6 +201,7 @@ def transport(
     stack: Inner = base if tls is None else PeerIdentityTransport(base, tls=tls)
     if per_try is not None:
         stack = TimeoutTransport(stack, per_try, per_try=True, propagate=limits.propagate, clock=clock)
+    stack = _balancing(stack, discovery, balancer, outlier, health_check, service or name, clock)
     if hedge is not None:
         stack = HedgingTransport(stack, hedge, retry=policy, clock=clock)
     if isinstance(bulkhead, Bulkhead):
@@ -230,6 +253,34 @@ def transport(
 
         register_client(name, outer)
     return outer
+
+
+def _balancing(
+    stack: Inner,
+    discovery: Resolver | Iterable[Endpoint | str] | None,
+    balancer: Picker | None,
+    outlier: OutlierDetector | None,
+    health_check: HealthCheck | None,
+    service: str | None,
+    clock: Clock,
+) -> Inner:
+    """The load-balancing layer when ``discovery`` is given; its options without it are a mistake."""
+    if discovery is None:
+        for field, value in (("balancer", balancer), ("outlier", outlier), ("health_check", health_check)):
+            if value is not None:
+                raise ConfigError(f"transport.{field}", value, "needs discovery (where the endpoints come from)")
+        return stack
+    if balancer is not None and not isinstance(balancer, Picker):
+        raise ConfigError("transport.balancer", balancer, "must be a connectivity.balancing picker, e.g. EWMA()")
+    return LoadBalancingTransport(
+        stack,
+        service=service or "upstream",
+        resolver=discovery,
+        picker=balancer,
+        outlier=outlier,
+        health_check=health_check,
+        clock=clock,
+    )
 
 
 def _with_tls(tls: MTLS, inner: Inner | None, options: dict[str, Any]) -> dict[str, Any]:

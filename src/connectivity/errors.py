@@ -30,6 +30,7 @@ __all__ = [
     "KeyPolicyError",
     "MalformedHeaderError",
     "NoHealthyEndpointError",
+    "NoRouteError",
     "PeerIdentityError",
     "PermissionDeniedError",
     "RateLimitedError",
@@ -345,3 +346,19 @@ class NoHealthyEndpointError(OutboundError):
         super().__init__(message, request=request)
         self.service = service
         self.reason = reason
+
+
+class NoRouteError(OutboundError):
+    """No route matched the request and there is no default target; nothing was sent.
+
+    Attributes:
+        method: The request's method.
+        path: The request's path (without the query string).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, *, request: httpx.Request | None = None, method: str = "", path: str = ""):
+        super().__init__(message, request=request)
+        self.method = method
+        self.path = path

@@ -24,6 +24,7 @@ gradual failover) and slow start. See :mod:`connectivity.balancing.base`.
 
 from connectivity.balancing.base import Picker, ZoneAwarePicker
 from connectivity.balancing.endpoints import EndpointSet
+from connectivity.balancing.health import HealthCheck, HealthChecker, HealthTransition
 from connectivity.balancing.maglev import Maglev
 from connectivity.balancing.p2c import EWMA, LeastRequest
 from connectivity.balancing.ring import RingHash
@@ -38,6 +39,9 @@ __all__ = [
     "EWMA",
     "EndpointSet",
     "EndpointStats",
+    "HealthCheck",
+    "HealthChecker",
+    "HealthTransition",
     "LeastRequest",
     "Maglev",
     "Picker",

@@ -33,7 +33,9 @@ __all__ = [
     "ENDPOINT_PICKED",
     "ENDPOINT_RESTORED",
     "EVENTS",
+    "FAULT_INJECTED",
     "HEDGE_LAUNCHED",
+    "MIRROR_DROPPED",
     "RATE_LIMIT_REFUSED",
     "RATE_LIMIT_WAIT",
     "RETRY_GAVE_UP",
@@ -85,6 +87,12 @@ TOKEN_FETCHED = "connectivity.credentials.fetched"
 ``rejected``), ``connectivity.delay`` (the token's lifetime, seconds)."""
 TOKEN_FAILED = "connectivity.credentials.failed"
 """A token fetch failed. Attributes: ``connectivity.reason`` (e.g. ``status 500``, ``not JSON``)."""
+FAULT_INJECTED = "connectivity.fault.injected"
+"""a fault was injected. Attributes: ``connectivity.reason`` (``"delay"``, ``"abort 503"``,
+``"abort connect"``) and, for a delay, ``connectivity.delay`` (seconds)."""
+MIRROR_DROPPED = "connectivity.mirror.dropped"
+"""a sampled request was not mirrored. Attributes: ``connectivity.reason`` (``"full"``,
+``"body"``, ``"not-running"``)."""
 
 EVENTS = frozenset(
     {
@@ -102,6 +110,8 @@ EVENTS = frozenset(
         ENDPOINT_RESTORED,
         TOKEN_FETCHED,
         TOKEN_FAILED,
+        FAULT_INJECTED,
+        MIRROR_DROPPED,
     }
 )
 """Every event name a connectivity layer emits."""

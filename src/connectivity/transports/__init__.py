@@ -12,14 +12,18 @@ from connectivity.transports._outcome import EXTENSION, CallRecord, failure_kind
 from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.aiohttp import AiohttpTransport
 from connectivity.transports.auth import AuthTransport
+from connectivity.transports.balancing import LoadBalancingTransport
 from connectivity.transports.breaker import CircuitBreakerTransport
 from connectivity.transports.bulkhead import AdaptiveConcurrencyTransport, BulkheadTransport
+from connectivity.transports.fault import FaultInjectionTransport
 from connectivity.transports.hedging import HedgingTransport
 from connectivity.transports.http import HTTPTransport
+from connectivity.transports.mirror import MirrorTransport
 from connectivity.transports.peer_identity import PeerIdentityTransport
 from connectivity.transports.ratelimit import RateLimitTransport
 from connectivity.transports.request_id import RequestIDTransport
 from connectivity.transports.retry import RetryTransport
+from connectivity.transports.routing import RoutingTransport
 from connectivity.transports.timeout import TimeoutTransport
 from connectivity.transports.tracing import TracingTransport
 
@@ -33,14 +37,18 @@ __all__ = [
     "BulkheadTransport",
     "CallRecord",
     "CircuitBreakerTransport",
+    "FaultInjectionTransport",
     "HTTPTransport",
     "HedgingTransport",
     "Inner",
     "Layer",
+    "MirrorTransport",
+    "LoadBalancingTransport",
     "PeerIdentityTransport",
     "RateLimitTransport",
     "RequestIDTransport",
     "RetryTransport",
+    "RoutingTransport",
     "TimeoutTransport",
     "TracingTransport",
     "failure_kind",
