@@ -201,6 +201,15 @@ def transport(
     stack: Inner = base if tls is None else PeerIdentityTransport(base, tls=tls)
     if per_try is not None:
         stack = TimeoutTransport(stack, per_try, per_try=True, propagate=limits.propagate, clock=clock)
+    if discovery is not None and breaker is not None and breaker_scope == "endpoint":
+        # The breaker sits above the balancer, which picks the endpoint after it: per-endpoint circuits would be
+        # keyed by the previous attempt's endpoint. Envoy leaves per-host health to outlier detection too.
+        raise ConfigError(
+            "transport.breaker_scope",
+            breaker_scope,
+            "cannot be 'endpoint' with discovery: per-endpoint health is outlier detection's job "
+            "(outlier=OutlierDetector(...)); a breaker here guards the whole service (scope 'host' or 'client')",
+        )
     stack = _balancing(stack, discovery, balancer, outlier, health_check, service or name, clock)
     if hedge is not None:
         stack = HedgingTransport(stack, hedge, retry=policy, clock=clock)

@@ -80,3 +80,5 @@ def test_balancing_options_need_discovery() -> None:
         cx.transport(outlier=OutlierDetector())
     with pytest.raises(ConfigError, match="balancer"):
         cx.transport(discovery=["127.0.0.1:1"], balancer="ewma")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="outlier detection"):
+        cx.transport(discovery=["127.0.0.1:1"], breaker=cx.CircuitBreaker(), breaker_scope="endpoint")
