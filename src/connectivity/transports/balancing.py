@@ -204,6 +204,10 @@ class LoadBalancingTransport(Layer):
             penalty=penalty,
         )
         self._cluster.on_change = self._wake_health
+        from connectivity.admin.registry import register
+
+        # The status app's /endpoints: the service's endpoints, their load, health and ejections, read live.
+        register("endpoints", self._cluster.service, self)
 
     # -- reading ------------------------------------------------------------------------------------------------
 
@@ -239,6 +243,10 @@ class LoadBalancingTransport(Layer):
 
     def describe(self) -> dict[str, object]:
         """What the status app shows for this layer: the service, the picker, the endpoints and their health."""
+        return self._cluster.describe()
+
+    def status(self) -> dict[str, object]:
+        """The same, for the status app's ``/endpoints`` (the transport registers itself under its service)."""
         return self._cluster.describe()
 
     # -- one attempt --------------------------------------------------------------------------------------------
