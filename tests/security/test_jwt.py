@@ -26,7 +26,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 from connectivity.errors import AuthenticationError, ConfigError, KeyPolicyError
 from connectivity.security.identity import Principal
 from connectivity.security.jwks import JWKS, SkippedKey, VerificationKey
-from connectivity.security.jwt import JWTVerifier
+from connectivity.security.jwt import RAW_KEY_BYTES, JWTVerifier
 from connectivity.testing import FakeClock
 from connectivity.testing.server import serve
 
@@ -455,7 +455,7 @@ def signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
 
 
 @pytest.mark.anyio
-async def test_a_repeated_token_is_served_from_the_cache_keyed_by_its_hash(
+async def test_a_repeated_token_is_served_from_the_cache_keyed_by_itself(
     rsa_key: rsa.RSAPrivateKey, signature_checks: list[str | None]
 ) -> None:
     clock = FakeClock()
@@ -468,10 +468,23 @@ async def test_a_repeated_token_is_served_from_the_cache_keyed_by_its_hash(
     assert signature_checks == ["k"]
     cache = verifier._cache
     assert cache is not None
-    assert list(cache) == [hashlib.sha256(token.encode()).digest()]
+    assert list(cache) == [token.encode()]  # the exact token, as in Envoy's JWT cache
     # A cached token is the exact token: a different signature on the same claims is checked (and refused).
     header, body, _ = token.split(".")
     assert await refused(verifier, f"{header}.{body}.{b64(b'x' * 256)}") == "invalid signature"
+
+
+@pytest.mark.anyio
+async def test_a_long_token_is_cached_by_its_hash(rsa_key: rsa.RSAPrivateKey) -> None:
+    clock = FakeClock()
+    verifier = verifier_for(clock, VerificationKey.from_key(rsa_key, kid="k"))
+    token = sign(claims(clock, padding="x" * 3000), rsa_key, "RS256", "k")
+    assert len(token) > RAW_KEY_BYTES
+    first = await verifier.verify(token)
+    assert verifier.cached(token) is first
+    digest = hashlib.sha256(token.encode()).digest()
+    assert list(verifier._cache or {}) == [("sha256", digest)]
+    assert verifier.cached(digest) is None  # the digest itself is no token
 
 
 @pytest.mark.anyio

@@ -20,7 +20,9 @@ with a short reason that never contains the token. In order, cheapest first:
 
 A verified token with an ``exp`` is cached with the :class:`Principal` built from it, each entry valid until
 ``exp + leeway``; the cache holds at most ``cache_size`` entries (when full, the oldest goes, or every expired
-one when the oldest has expired).
+one when the oldest has expired). Tokens up to :data:`RAW_KEY_BYTES` are their own cache key, as in Envoy's JWT
+cache (a hit is one dict lookup, the exact token or nothing); longer ones are keyed by their SHA-256, which bounds
+the cache's memory at about ``cache_size`` x 2 KiB.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.security.identity import Principal
 from connectivity.security.jwks import ALGORITHMS, JWKS, KeySet, VerificationKey
 
-__all__ = ["DEFAULT_MAX_TOKEN_BYTES", "JWTVerifier"]
+__all__ = ["DEFAULT_MAX_TOKEN_BYTES", "RAW_KEY_BYTES", "JWTVerifier"]
 
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
 """The largest token accepted by default, in bytes (Envoy and most proxies cap request headers near this)."""
+RAW_KEY_BYTES: Final = 2048
+"""Tokens up to this size are kept as their own cache key; longer ones by their SHA-256."""
+_CacheKey = bytes | tuple[str, bytes]
 
 _FORM = re.compile(rb"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 
@@ -173,7 +178,7 @@ class JWTVerifier:
         self.clock = clock
         # A plain dict, oldest entry evicted first: a hit must cost next to nothing (a cachetools cache's
         # Python-level bookkeeping would double the cost of a hit), and every hit re-checks the entry anyway.
-        self._cache: dict[bytes, _Verified] | None = {} if cache_size else None
+        self._cache: dict[_CacheKey, _Verified] | None = {} if cache_size else None
 
     @property
     def key_sets(self) -> tuple[JWKS, ...]:
@@ -202,8 +207,8 @@ class JWTVerifier:
         raw = token if token.__class__ is bytes else _bytes(token)
         if len(raw) > self.max_token_bytes:
             return None
-        digest = _sha256(raw).digest()
-        entry = cache.get(digest)
+        key: _CacheKey = raw if len(raw) <= RAW_KEY_BYTES else ("sha256", _sha256(raw).digest())
+        entry = cache.get(key)
         if entry is None:
             return None
         source = entry.source
@@ -211,7 +216,7 @@ class JWTVerifier:
             source is None or (source.generation == entry.generation and source.fresh())
         ):
             return entry.principal
-        del cache[digest]
+        del cache[key]
         return None
 
     async def verify(self, token: str | bytes) -> Principal:
@@ -254,18 +259,19 @@ class JWTVerifier:
                 self._evict(cache)
             nbf = _time_claim(claims, "nbf")
             start = -math.inf if nbf is None else nbf - self.leeway
-            cache[_sha256(raw).digest()] = _Verified(principal, start, exp + self.leeway, source, generation)
+            key: _CacheKey = bytes(raw) if len(raw) <= RAW_KEY_BYTES else ("sha256", _sha256(raw).digest())
+            cache[key] = _Verified(principal, start, exp + self.leeway, source, generation)
         return principal
 
-    def _evict(self, cache: dict[bytes, _Verified]) -> None:
+    def _evict(self, cache: dict[_CacheKey, _Verified]) -> None:
         """Make room: drop the oldest entry, or every expired one when the oldest has expired."""
         now = self.clock.time()
         oldest = next(iter(cache))
         if cache[oldest].end > now:
             del cache[oldest]
             return
-        for digest in [digest for digest, entry in cache.items() if entry.end <= now]:
-            del cache[digest]
+        for key in [key for key, entry in cache.items() if entry.end <= now]:
+            del cache[key]
 
     async def _candidates(self, kid: str | None) -> list[tuple[VerificationKey, JWKS | None, int]]:
         """The keys to try, each with its source (``None``: static) and that source's generation: the key named
