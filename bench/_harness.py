@@ -1,26 +1,34 @@
-"""What every benchmark shares: round order, statistics, machine facts, tables and the JSON results file."""
+"""What every benchmark shares: round order, CPU pinning, statistics, machine facts, tables and the JSON results
+file."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
 import json
 import math
 import os
 import platform
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "RESULTS_DIR",
+    "cpu_rounds",
     "machine_info",
     "median",
     "percentile",
+    "pinned",
+    "pinning",
+    "publish",
     "schedule",
     "table",
     "verdict",
+    "version",
     "write_results",
 ]
 
@@ -75,7 +83,57 @@ def schedule(names: Sequence[str], count: int, block: int, round_index: int) -> 
             yield name, size
 
 
-def _version(distribution: str) -> str | None:
+def cpu_rounds(
+    timers: Mapping[str, Callable[[int], int]], *, count: int, rounds: int, block: int, warmup: int
+) -> dict[str, list[float]]:
+    """CPU nanoseconds per item, one value per round, by contender.
+
+    Args:
+        timers: Contender name -> a timer that does ``n`` items and returns the CPU nanoseconds they took.
+        count: Items per contender per round.
+        rounds: Measured rounds.
+        block: Items a contender does before handing over to the next (see :func:`schedule`).
+        warmup: Untimed items per contender before the first round.
+    """
+    names = list(timers)
+    for timer in timers.values():
+        timer(warmup)
+    measured: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        spent = dict.fromkeys(names, 0)
+        gc.collect()
+        for name, size in schedule(names, count, block, index):
+            spent[name] += timers[name](size)
+        for name in names:
+            measured[name].append(spent[name] / count)
+    return measured
+
+
+def pinning() -> tuple[int | None, int | None]:
+    """CPUs for (client, server): two different ones when at least two are usable, else no pinning."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        return None, None
+    return usable[0], usable[1]
+
+
+@contextlib.contextmanager
+def pinned(cpu: int | None) -> Iterator[None]:
+    """Pin this process to ``cpu`` for the block (``None``: leave it be), then give it back its CPUs."""
+    previous = os.sched_getaffinity(0) if cpu is not None else None
+    try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        yield
+    finally:
+        if previous is not None:
+            os.sched_setaffinity(0, previous)
+
+
+def version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, or ``None``."""
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
@@ -95,7 +153,7 @@ def _cpu_model() -> str | None:
 
 def machine_info(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Facts needed to compare two result files: CPUs, Python, OS and the versions of the packages involved."""
-    versions = {name: _version(name) for name in _PACKAGES}
+    versions = {name: version(name) for name in _PACKAGES}
     if versions["connectivity-sdk"] is None:
         # Run from a source tree (PYTHONPATH=src) rather than an installed distribution.
         import connectivity
@@ -124,6 +182,12 @@ def write_results(name: str, payload: Mapping[str, Any], results_dir: Path | Non
     path = directory / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
+
+
+def publish(name: str, payload: dict[str, Any], results_dir: Path | None = None) -> dict[str, Any]:
+    """Write ``payload`` as ``<name>.json`` (see :func:`write_results`), print where, and return it."""
+    print(f"results: {write_results(name, payload, results_dir)}")
+    return payload
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, left: int = 1) -> str:

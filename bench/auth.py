@@ -36,7 +36,6 @@ environment variable :data:`KEY_ENV` (a public JWK), the token is signed here wi
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import importlib.util
 import json
@@ -54,8 +53,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from bench import inbound
-from bench._harness import machine_info, median, schedule, table, verdict, write_results
-from bench.e2e import HOST, _pinning, serve
+from bench._harness import machine_info, median, pinned, pinning, publish, schedule, table, verdict
+from bench.e2e import HOST
 from connectivity.security.jwks import JWKS, VerificationKey
 from connectivity.security.jwt import JWTVerifier
 
@@ -311,34 +310,6 @@ def _check_served(name: str, url: str, token: str) -> None:
         )
 
 
-def _round(
-    index: int, contenders: dict[str, str], settings: Settings, server_cpu: int | None, token: str
-) -> tuple[dict[str, dict[str, Any]], str]:
-    with contextlib.ExitStack() as stack:
-        servers: dict[str, inbound._Server] = {}
-        source = ""
-        names = list(contenders)
-        shift = index % len(names)
-        for name in (*names[shift:], *names[:shift]):
-            process = stack.enter_context(serve(contenders[name], server_cpu))
-            clock = inbound._cpu_clock(process.pid)
-            if clock is None:
-                raise inbound._NoClock
-            source, cpu = clock
-            client = stack.enter_context(
-                httpx.Client(trust_env=False, timeout=10.0, headers={"authorization": f"Bearer {token}"})
-            )
-            servers[name] = inbound._Server(client, process.url, cpu)
-        for name, server in servers.items():
-            _check_served(name, server.url, token)
-            inbound._block(server, settings.warmup, inbound._Share())
-        shares = {name: inbound._Share() for name in names}
-        gc.collect()
-        for name, size in schedule(names, settings.requests, settings.block, index):
-            inbound._block(servers[name], size, shares[name])
-        return {name: share.result() for name, share in shares.items()}, source
-
-
 def _middleware(
     contenders: dict[str, str], settings: Settings, material: _Material
 ) -> tuple[dict[str, Any] | None, str, str | None]:
@@ -347,27 +318,29 @@ def _middleware(
     if missing:
         return None, "", f"not installed: {', '.join(missing)}"
     jwk = json.dumps(RSAAlgorithm.to_jwk(material.rsa.public_key(), as_dict=True) | {"kid": "rs", "alg": "RS256"})
-    client_cpu, server_cpu = _pinning()
+    client_cpu, server_cpu = pinning()
     previous_env = os.environ.get(KEY_ENV)
-    previous = os.sched_getaffinity(0) if client_cpu is not None else None
     os.environ[KEY_ENV] = jwk
-    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
-    source = ""
+    token = material.rs_token
+    shape = inbound.Settings(  # what the inbound machinery reads of our settings
+        requests=settings.requests,
+        rounds=settings.rounds,
+        warmup=settings.warmup,
+        block=settings.block,
+        max_seconds=settings.max_seconds,
+    )
     try:
-        if client_cpu is not None:
-            os.sched_setaffinity(0, {client_cpu})
-        deadline = time.monotonic() + settings.max_seconds
-        for index in range(settings.rounds):
-            if index and time.monotonic() > deadline:
-                break
-            shares, source = _round(index, contenders, settings, server_cpu, material.rs_token)
-            for name, result in shares.items():
-                rounds[name].append(result)
+        with pinned(client_cpu):
+            rounds, source = inbound._measure(
+                shape,
+                server_cpu,
+                contenders,
+                headers={"authorization": f"Bearer {token}"},
+                check=lambda name, server: _check_served(name, server.url, token),
+            )
     except inbound._NoClock:
         return None, "", "no /proc/<pid>/schedstat or /proc/<pid>/stat"
     finally:
-        if previous is not None:
-            os.sched_setaffinity(0, previous)
         if previous_env is None:
             os.environ.pop(KEY_ENV, None)
         else:
@@ -421,10 +394,7 @@ def _print(verification: dict[str, Any], middleware: dict[str, Any] | None, skip
         )
     headers = ["middleware", "server µs/req", "rounds min-max", "vs bare", "vs bare (paired)", "added (paired)"]
     print(table([*headers, "errors"], rows))
-    print(
-        f"noise floor in this run (bare vs its control twin): {middleware['noise_floor_us']:.1f} µs, "
-        f"{middleware['noise_floor_ratio'] * 100:.1f} %"
-    )
+    inbound._print_noise_floor(middleware)
     for check, ok in middleware["checks"].items():
         name = check.split(" <= ")[0]
         summary = middleware["contenders"][name]
@@ -509,6 +479,4 @@ def run(
         "skipped": skipped,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    path = write_results("auth", payload, results_dir)
-    print(f"results: {path}")
-    return payload
+    return publish("auth", payload, results_dir)

@@ -52,7 +52,6 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -61,8 +60,20 @@ import anyio
 import httpx
 
 import connectivity as cx
-from bench._harness import machine_info, median, percentile, schedule, table, verdict, write_results
-from bench.e2e import HOST, _free_port, _pinning, _stop, _wait_ready
+from bench._harness import (
+    machine_info,
+    median,
+    percentile,
+    pinned,
+    pinning,
+    publish,
+    schedule,
+    table,
+    verdict,
+    version,
+    write_results,
+)
+from bench.e2e import HOST, _free_port, _stop, _wait_ready
 from bench.inbound import _cpu_clock
 
 __all__ = [
@@ -627,13 +638,6 @@ def _print(result: dict[str, Any], rounds: int) -> None:
         print(f"{verdict(ok)}  backends: {check} ({text})")
 
 
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _machine(client_cpu: int | None, server_cpu: int | None, nginx: str | None) -> dict[str, Any]:
     info = machine_info(
         {
@@ -642,7 +646,7 @@ def _machine(client_cpu: int | None, server_cpu: int | None, nginx: str | None) 
             "event_loop": "asyncio (default policy)",
         }
     )
-    info["packages"].update({name: _version(name) for name in ("aiohttp", "httpx-aiohttp", "yarl")})
+    info["packages"].update({name: version(name) for name in ("aiohttp", "httpx-aiohttp", "yarl")})
     return info
 
 
@@ -704,7 +708,7 @@ def run(
         max_seconds=base.max_seconds,
     )
     nginx = find_nginx()
-    client_cpu, server_cpu = _pinning()
+    client_cpu, server_cpu = pinning()
     missing = [name for name in ("httpx_aiohttp", "aiohttp") if importlib.util.find_spec(name) is None]
     if nginx is None:
         reason = "nginx not found on PATH or in /usr/sbin (install it, e.g. apt-get install nginx, to run this)"
@@ -722,16 +726,14 @@ def run(
         f"{settings.rounds} rounds x {settings.requests} requests per contender and concurrency "
         f"({settings.single} at c = 1), asyncio; client CPU (process_time), wall latency, nginx on-CPU time"
     )
-    previous = os.sched_getaffinity(0) if client_cpu is not None else None
     try:
         with TemporaryDirectory(prefix="bench-nginx-") as directory:
             folder = Path(directory)
             with (
                 _nginx(nginx, folder, "upstream", _upstream_body, server_cpu) as upstream,
                 _nginx(nginx, folder, "sidecar", _sidecar_body(upstream.port), server_cpu) as sidecar,
+                pinned(client_cpu),
             ):
-                if client_cpu is not None:
-                    os.sched_setaffinity(0, {client_cpu})
                 measured, selected = _measure(settings, upstream, sidecar)
                 clock = upstream.clock
     except _NoClock:
@@ -739,9 +741,6 @@ def run(
         return _unmeasured(quick, settings, began, results_dir, machine, skipped=reason)
     except (_NginxError, RuntimeError, OSError, subprocess.SubprocessError) as failure:
         return _unmeasured(quick, settings, began, results_dir, machine, error=str(failure))
-    finally:
-        if previous is not None:
-            os.sched_setaffinity(0, previous)
     result = _summarise(measured)
     completed = len(measured[LEVELS[0]][HTTPX])
     _print(result, completed)
@@ -789,5 +788,4 @@ def _unmeasured(
         "pass": error is None,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    print(f"results: {write_results('backends', payload, results_dir)}")
-    return payload
+    return publish("backends", payload, results_dir)

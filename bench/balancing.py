@@ -33,9 +33,7 @@ client CPU, judged on the paired median (the median over rounds of each round's 
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -46,8 +44,9 @@ from typing import Any
 import anyio
 import httpx
 
-from bench._harness import machine_info, median, schedule, table, verdict, write_results
-from bench.e2e import HOST, _async_block, _pinning, _Round, _sync_block, serve
+from bench import e2e as e2e_bench
+from bench._harness import cpu_rounds, machine_info, median, pinned, pinning, publish, table, verdict
+from bench.e2e import HOST, _async_rounds, _sync_rounds, serve
 from connectivity.balancing import EWMA, EndpointSet, LeastRequest, Picker, RoundRobin
 from connectivity.discovery import Endpoint
 from connectivity.policies.outlier import OutlierDetector
@@ -132,16 +131,6 @@ def _pick_timer(pick: Callable[[EndpointSet], object], snapshot: EndpointSet) ->
     return timer
 
 
-def _pick_timer(pick: Callable[[EndpointSet], object], snapshot: EndpointSet) -> Timer:
-    def timer(n: int) -> int:
-        start = time.process_time_ns()
-        for _ in range(n):
-            pick(snapshot)
-        return time.process_time_ns() - start
-
-    return timer
-
-
 def _pick_timers() -> dict[str, Timer]:
     sets = {size: _endpoint_set(size) for size in SIZES}
     return {
@@ -152,18 +141,13 @@ def _pick_timers() -> dict[str, Timer]:
 
 
 def _picks(settings: Settings) -> dict[str, Any]:
-    timers = _pick_timers()
-    names = list(timers)
-    for timer in timers.values():
-        timer(settings.warmup)
-    rounds: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(settings.rounds):
-        spent = dict.fromkeys(names, 0)
-        gc.collect()
-        for name, size in schedule(names, settings.picks, settings.block, index):
-            spent[name] += timers[name](size)
-        for name in names:
-            rounds[name].append(spent[name] / settings.picks)
+    rounds = cpu_rounds(
+        _pick_timers(),
+        count=settings.picks,
+        rounds=settings.rounds,
+        block=settings.block,
+        warmup=settings.warmup,
+    )
     contenders = {
         name: {"median_ns_per_pick": round(median(values), 1), "rounds_ns_per_pick": [round(v, 1) for v in values]}
         for name, values in rounds.items()
@@ -244,39 +228,18 @@ async def _async_calls(
     return calls
 
 
-def _sync_mode(urls: list[str], settings: Settings) -> dict[str, list[dict[str, Any]]]:
+def _sync_mode(urls: list[str], settings: e2e_bench.Settings) -> dict[str, list[dict[str, Any]]]:
     with contextlib.ExitStack() as stack:
-        calls = _sync_calls(urls, stack)
-        names = list(calls)
-        for call in calls.values():
-            _sync_block(lambda _url, call=call: call(), "", settings.e2e_warmup, _Round())
-        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for index in range(settings.rounds):
-            shares = {name: _Round() for name in names}
-            gc.collect()
-            for name, size in schedule(names, settings.requests, settings.e2e_block, index):
-                _sync_block(lambda _url, call=calls[name]: call(), "", size, shares[name])
-            for name in names:
-                rounds[name].append(shares[name].result())
-        return rounds
+        calls = {name: lambda _url, call=call: call() for name, call in _sync_calls(urls, stack).items()}
+        return _sync_rounds(calls, "", settings)
 
 
-def _async_mode(urls: list[str], settings: Settings) -> dict[str, list[dict[str, Any]]]:
+def _async_mode(urls: list[str], settings: e2e_bench.Settings) -> dict[str, list[dict[str, Any]]]:
     async def measure() -> dict[str, list[dict[str, Any]]]:
         async with contextlib.AsyncExitStack() as stack:
-            calls = await _async_calls(urls, stack)
-            names = list(calls)
-            for call in calls.values():
-                await _async_block(lambda _url, call=call: call(), "", settings.e2e_warmup, _Round())
-            rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-            for index in range(settings.rounds):
-                shares = {name: _Round() for name in names}
-                gc.collect()
-                for name, size in schedule(names, settings.requests, settings.e2e_block, index):
-                    await _async_block(lambda _url, call=calls[name]: call(), "", size, shares[name])
-                for name in names:
-                    rounds[name].append(shares[name].result())
-            return rounds
+            made = await _async_calls(urls, stack)
+            calls = {name: lambda _url, call=call: call() for name, call in made.items()}
+            return await _async_rounds(calls, "", settings)
 
     return anyio.run(measure, backend="asyncio")
 
@@ -343,23 +306,20 @@ def _print_mode(mode: str, result: dict[str, Any]) -> None:
 
 
 def _e2e(settings: Settings) -> dict[str, Any]:
-    client_cpu, server_cpu = _pinning()
-    previous = os.sched_getaffinity(0) if client_cpu is not None else None
+    client_cpu, server_cpu = pinning()
+    shape = e2e_bench.Settings(  # what the e2e machinery reads of our settings
+        requests=settings.requests, rounds=settings.rounds, warmup=settings.e2e_warmup, block=settings.e2e_block
+    )
     modes: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         urls = [
             stack.enter_context(serve("bench._upstream:app", server_cpu)).url for _ in range(settings.replicas)
         ]
-        try:
-            if client_cpu is not None:
-                os.sched_setaffinity(0, {client_cpu})
-            modes["async"] = _summarise(_async_mode(urls, settings))
+        with pinned(client_cpu):
+            modes["async"] = _summarise(_async_mode(urls, shape))
             _print_mode("httpx.AsyncClient (asyncio)", modes["async"])
-            modes["sync"] = _summarise(_sync_mode(urls, settings))
+            modes["sync"] = _summarise(_sync_mode(urls, shape))
             _print_mode("httpx.Client", modes["sync"])
-        finally:
-            if previous is not None:
-                os.sched_setaffinity(0, previous)
     return {"pinning": {"client_cpu": client_cpu, "server_cpu": server_cpu}, "modes": modes}
 
 
@@ -440,6 +400,4 @@ def run(
         "pass": passed,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    path = write_results("balancing", payload, results_dir)
-    print(f"results: {path}")
-    return payload
+    return publish("balancing", payload, results_dir)

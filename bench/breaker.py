@@ -18,15 +18,13 @@ per call minus bare ``f()``'s. The target: connectivity's closed-state decision 
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench._harness import machine_info, median, schedule, table, verdict, write_results
+from bench._harness import cpu_rounds, machine_info, median, publish, table, verdict, version
 from connectivity.policies.breaker import CLOSED, SUCCESS, Circuit, CircuitBreaker
 
 __all__ = ["FULL", "QUICK", "TARGET_RATIO", "Settings", "run"]
@@ -115,10 +113,7 @@ def _pybreaker_calling(breaker: Any) -> Timer:
 
 
 def _pybreaker_version() -> str | None:
-    try:
-        return metadata.version("pybreaker")
-    except metadata.PackageNotFoundError:
-        return None
+    return version("pybreaker")
 
 
 def _contenders() -> tuple[dict[str, Timer], list[Callable[[], bool]], list[str]]:
@@ -147,21 +142,6 @@ def _contenders() -> tuple[dict[str, Timer], list[Callable[[], bool]], list[str]
     else:
         notes.append(f"{CALLING}: this pybreaker has no CircuitBreaker.calling()")
     return timers, checks, notes
-
-
-def _measure(timers: dict[str, Timer], settings: Settings) -> dict[str, list[float]]:
-    names = tuple(timers)
-    for timed in timers.values():
-        timed(settings.warmup)
-    rounds: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(settings.rounds):
-        cpu = dict.fromkeys(names, 0)
-        gc.collect()
-        for name, size in schedule(names, settings.calls, settings.block, index):
-            cpu[name] += timers[name](size)
-        for name in names:
-            rounds[name].append(cpu[name] / settings.calls)
-    return rounds
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -214,8 +194,7 @@ def _skipped(
         "pass": True,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    print(f"results: {write_results('breaker', payload, results_dir)}")
-    return payload
+    return publish("breaker", payload, results_dir)
 
 
 def run(
@@ -244,16 +223,20 @@ def run(
         block=min(base.block, calls or base.block),
     )
     began = time.perf_counter()
-    version = _pybreaker_version()
-    if version is None:
+    installed = _pybreaker_version()
+    if installed is None:
         return _skipped(quick, settings, "pybreaker is not installed", began, results_dir)
     timers, checks, notes = _contenders()
     print(
-        f"breaker: a closed breaker around f() (returns 1), connectivity against pybreaker {version}; "
+        f"breaker: a closed breaker around f() (returns 1), connectivity against pybreaker {installed}; "
         f"{settings.rounds} rounds x {settings.calls} calls per contender, taking turns every {settings.block} "
         "calls; CPU time (process_time)"
     )
-    result = _summarise(_measure(timers, settings))
+    result = _summarise(
+        cpu_rounds(
+            timers, count=settings.calls, rounds=settings.rounds, block=settings.block, warmup=settings.warmup
+        )
+    )
     if not all(check() for check in checks):
         raise RuntimeError("a breaker left the closed state: the benchmark timed something else")
 
@@ -300,12 +283,10 @@ def run(
             "timer": "time.process_time_ns",
             "order": "contenders alternate every block of calls; the order rotates every block and round",
         },
-        "machine": machine_info({"pybreaker": version}),
+        "machine": machine_info({"pybreaker": installed}),
         **result,
         "skipped": None,
         "pass": all(comparison["pass"] for comparison in result["comparisons"].values()),
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    path = write_results("breaker", payload, results_dir)
-    print(f"results: {path}")
-    return payload
+    return publish("breaker", payload, results_dir)

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ from bench._contenders import (
     available,
     sync_get,
 )
-from bench._harness import machine_info, median, percentile, schedule, table, verdict, write_results
+from bench._harness import machine_info, median, percentile, pinned, pinning, publish, schedule, table, verdict
 
 __all__ = ["FULL", "QUICK", "TARGET_RATIO", "Server", "Settings", "run", "serve", "upstream"]
 
@@ -278,39 +278,49 @@ async def _async_block(call: AsyncGet, url: str, count: int, into: _Round) -> No
     into.cpu_ns += time.process_time_ns() - cpu
 
 
+def _sync_rounds(calls: Mapping[str, SyncGet], url: str, settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Every contender's share of every round, by contender: ``calls`` take turns every ``block`` requests."""
+    names = list(calls)
+    for call in calls.values():
+        _sync_block(call, url, settings.warmup, _Round())
+    measured: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for index in range(settings.rounds):
+        shares = {name: _Round() for name in names}
+        gc.collect()
+        for name, size in schedule(names, settings.requests, settings.block, index):
+            _sync_block(calls[name], url, size, shares[name])
+        for name in names:
+            measured[name].append(shares[name].result())
+    return measured
+
+
+async def _async_rounds(
+    calls: Mapping[str, AsyncGet], url: str, settings: Settings
+) -> dict[str, list[dict[str, Any]]]:
+    """:func:`_sync_rounds` for ``AsyncClient`` contenders."""
+    names = list(calls)
+    for call in calls.values():
+        await _async_block(call, url, settings.warmup, _Round())
+    measured: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for index in range(settings.rounds):
+        shares = {name: _Round() for name in names}
+        gc.collect()
+        for name, size in schedule(names, settings.requests, settings.block, index):
+            await _async_block(calls[name], url, size, shares[name])
+        for name in names:
+            measured[name].append(shares[name].result())
+    return measured
+
+
 def _sync_mode(url: str, settings: Settings) -> dict[str, list[dict[str, Any]]]:
     with contextlib.ExitStack() as stack:
-        calls = _sync_contenders(stack)
-        names = list(calls)
-        for call in calls.values():
-            _sync_block(call, url, settings.warmup, _Round())
-        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for index in range(settings.rounds):
-            shares = {name: _Round() for name in names}
-            gc.collect()
-            for name, size in schedule(names, settings.requests, settings.block, index):
-                _sync_block(calls[name], url, size, shares[name])
-            for name in names:
-                rounds[name].append(shares[name].result())
-        return rounds
+        return _sync_rounds(_sync_contenders(stack), url, settings)
 
 
 def _async_mode(url: str, settings: Settings) -> dict[str, list[dict[str, Any]]]:
     async def measure() -> dict[str, list[dict[str, Any]]]:
         async with contextlib.AsyncExitStack() as stack:
-            calls = await _async_contenders(stack)
-            names = list(calls)
-            for call in calls.values():
-                await _async_block(call, url, settings.warmup, _Round())
-            rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-            for index in range(settings.rounds):
-                shares = {name: _Round() for name in names}
-                gc.collect()
-                for name, size in schedule(names, settings.requests, settings.block, index):
-                    await _async_block(calls[name], url, size, shares[name])
-                for name in names:
-                    rounds[name].append(shares[name].result())
-            return rounds
+            return await _async_rounds(await _async_contenders(stack), url, settings)
 
     return anyio.run(measure, backend="asyncio")
 
@@ -409,16 +419,6 @@ def _print_mode(mode: str, result: dict[str, Any]) -> None:
         print(f"{verdict(ok)}  e2e {mode}: {check}")
 
 
-def _pinning() -> tuple[int | None, int | None]:
-    """CPUs for (client, server): two different ones when at least two are usable, else no pinning."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None, None
-    usable = sorted(os.sched_getaffinity(0))
-    if len(usable) < 2:
-        return None, None
-    return usable[0], usable[1]
-
-
 def run(
     *,
     quick: bool = False,
@@ -454,8 +454,7 @@ def run(
         warmup=base.warmup,
         block=min(base.block, requests or base.block),
     )
-    client_cpu, server_cpu = _pinning()
-    previous = os.sched_getaffinity(0) if client_cpu is not None else None
+    client_cpu, server_cpu = pinning()
     began = time.perf_counter()
     print(
         f"e2e: sequential GETs to uvicorn on {HOST} (separate process), {settings.rounds} rounds x "
@@ -463,17 +462,11 @@ def run(
         "client CPU (process_time) and wall latency"
     )
     modes: dict[str, Any] = {}
-    with upstream(server_cpu) as url:
-        try:
-            if client_cpu is not None:
-                os.sched_setaffinity(0, {client_cpu})
-            modes["async"] = _summarise(_async_mode(url, settings))
-            _print_mode("httpx.AsyncClient (asyncio)", modes["async"])
-            modes["sync"] = _summarise(_sync_mode(url, settings))
-            _print_mode("httpx.Client", modes["sync"])
-        finally:
-            if previous is not None:
-                os.sched_setaffinity(0, previous)
+    with upstream(server_cpu) as url, pinned(client_cpu):
+        modes["async"] = _summarise(_async_mode(url, settings))
+        _print_mode("httpx.AsyncClient (asyncio)", modes["async"])
+        modes["sync"] = _summarise(_sync_mode(url, settings))
+        _print_mode("httpx.Client", modes["sync"])
     payload: dict[str, Any] = {
         "benchmark": "e2e",
         "quick": quick,
@@ -493,6 +486,4 @@ def run(
         "pass": all(mode["pass"] for mode in modes.values()),
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    path = write_results("e2e", payload, results_dir)
-    print(f"results: {path}")
-    return payload
+    return publish("e2e", payload, results_dir)

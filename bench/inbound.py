@@ -40,16 +40,15 @@ import gc
 import importlib.util
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench._harness import machine_info, median, schedule, table, verdict, write_results
-from bench.e2e import HOST, _pinning, serve
+from bench._harness import machine_info, median, pinned, pinning, publish, schedule, table, verdict, version
+from bench.e2e import HOST, serve
 
 __all__ = ["CONTENDERS", "FULL", "QUICK", "TARGET_RATIO", "Settings", "run"]
 
@@ -200,23 +199,34 @@ class _NoClock(Exception):
     """``/proc`` offers no way to read a server's CPU time here."""
 
 
-def _round(index: int, settings: Settings, server_cpu: int | None) -> tuple[dict[str, dict[str, Any]], str]:
+Check = Callable[[str, _Server], None]
+"""Raises unless the named contender's server serves the app to measure."""
+
+
+def _round(
+    index: int,
+    settings: Settings,
+    server_cpu: int | None,
+    contenders: Mapping[str, str],
+    headers: Mapping[str, str] | None,
+    check: Check,
+) -> tuple[dict[str, dict[str, Any]], str]:
     """One round on freshly started servers: every contender's share, and where the server CPU was read."""
     with contextlib.ExitStack() as stack:
         servers: dict[str, _Server] = {}
         source = ""
-        names = list(CONTENDERS)
+        names = list(contenders)
         shift = index % len(names)  # no contender is always the first or the last process started
         for name in (*names[shift:], *names[:shift]):
-            process = stack.enter_context(serve(CONTENDERS[name], server_cpu))
+            process = stack.enter_context(serve(contenders[name], server_cpu))
             clock = _cpu_clock(process.pid)
             if clock is None:
                 raise _NoClock
             source, cpu = clock
-            client = stack.enter_context(httpx.Client(trust_env=False, timeout=_REQUEST_TIMEOUT))
+            client = stack.enter_context(httpx.Client(trust_env=False, timeout=_REQUEST_TIMEOUT, headers=headers))
             servers[name] = _Server(client, process.url, cpu)
         for name, server in servers.items():
-            _check_served(name, server)
+            check(name, server)
             _block(server, settings.warmup, _Share())
         shares = {name: _Share() for name in names}
         gc.collect()
@@ -225,15 +235,30 @@ def _round(index: int, settings: Settings, server_cpu: int | None) -> tuple[dict
         return {name: share.result() for name, share in shares.items()}, source
 
 
-def _measure(settings: Settings, server_cpu: int | None) -> tuple[dict[str, list[dict[str, Any]]], str]:
-    """Every round's shares by contender (fewer rounds than asked if ``max_seconds`` ran out), and the clock."""
+def _measure(
+    settings: Settings,
+    server_cpu: int | None,
+    contenders: Mapping[str, str] = CONTENDERS,
+    *,
+    headers: Mapping[str, str] | None = None,
+    check: Check = _check_served,
+) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """Every round's shares by contender (fewer rounds than asked if ``max_seconds`` ran out), and the clock.
+
+    Args:
+        settings: How much work.
+        server_cpu: Pin the servers to this CPU (``None``: no pinning).
+        contenders: Contender name -> the app its uvicorn process serves.
+        headers: Sent with every request.
+        check: Run once per server and round, before its warm-up.
+    """
     deadline = time.monotonic() + settings.max_seconds
-    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     source = ""
     for index in range(settings.rounds):
         if index and time.monotonic() > deadline:
             break
-        shares, source = _round(index, settings, server_cpu)
+        shares, source = _round(index, settings, server_cpu, contenders, headers, check)
         for name, result in shares.items():
             rounds[name].append(result)
     return rounds, source
@@ -312,10 +337,7 @@ def _print(result: dict[str, Any]) -> None:
         "errors",
     ]
     print(table(headers, rows))
-    print(
-        f"noise floor in this run (bare vs its control twin): {result['noise_floor_us']:.1f} µs, "
-        f"{result['noise_floor_ratio'] * 100:.1f} %"
-    )
+    _print_noise_floor(result)
     for name, summary in result["contenders"].items():
         if summary["held_to_target"]:
             ok = result["checks"][f"{name} <= {TARGET_RATIO}x {BARE}"]
@@ -326,11 +348,11 @@ def _print(result: dict[str, Any]) -> None:
             )
 
 
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+def _print_noise_floor(result: dict[str, Any]) -> None:
+    print(
+        f"noise floor in this run (bare vs its control twin): {result['noise_floor_us']:.1f} µs, "
+        f"{result['noise_floor_ratio'] * 100:.1f} %"
+    )
 
 
 def run(
@@ -366,22 +388,17 @@ def run(
     missing = [name for name in ("uvicorn", "starlette") if importlib.util.find_spec(name) is None]
     if missing:
         return _skipped(quick, settings, f"not installed: {', '.join(missing)}", began, results_dir)
-    client_cpu, server_cpu = _pinning()
+    client_cpu, server_cpu = pinning()
     print(
         f"inbound: sequential GETs to {len(CONTENDERS)} uvicorn servers on {HOST} (one process each, fresh every "
         f"round), {settings.rounds} rounds x {settings.requests} requests per server, taking turns every "
         f"{settings.block} requests; server on-CPU time"
     )
-    previous = os.sched_getaffinity(0) if client_cpu is not None else None
     try:
-        if client_cpu is not None:
-            os.sched_setaffinity(0, {client_cpu})
-        measured, source = _measure(settings, server_cpu)
+        with pinned(client_cpu):
+            measured, source = _measure(settings, server_cpu)
     except _NoClock:
         return _skipped(quick, settings, "no /proc/<pid>/schedstat or /proc/<pid>/stat", began, results_dir)
-    finally:
-        if previous is not None:
-            os.sched_setaffinity(0, previous)
     result = _summarise(measured)
     _print(result)
     payload: dict[str, Any] = {
@@ -406,16 +423,14 @@ def run(
         "machine": machine_info(
             {
                 "pinning": {"client_cpu": client_cpu, "server_cpu": server_cpu},
-                "starlette": _version("starlette"),
+                "starlette": version("starlette"),
             }
         ),
         **result,
         "skipped": None,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    path = write_results("inbound", payload, results_dir)
-    print(f"results: {path}")
-    return payload
+    return publish("inbound", payload, results_dir)
 
 
 def _skipped(
@@ -434,5 +449,4 @@ def _skipped(
         "pass": True,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    print(f"results: {write_results('inbound', payload, results_dir)}")
-    return payload
+    return publish("inbound", payload, results_dir)

@@ -27,21 +27,16 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import signal
 import socket
 import struct
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["HOST", "SRV", "DnsmasqServer", "dnsmasq_server"]
+from connectivity.testing._process import HOST, ManagedProcess, find_binary, free_port, serve
 
-HOST = "127.0.0.1"
-"""The server listens on the IPv4 loopback only."""
+__all__ = ["HOST", "SRV", "DnsmasqServer", "dnsmasq_server"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,21 +63,14 @@ HostRecord = tuple[str, Sequence[str], int | None]
 
 def _free_port() -> int:
     """A port free for TCP and UDP on :data:`HOST` (dnsmasq binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((HOST, 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both TCP and UDP on 127.0.0.1")
+    return free_port(udp=True)
 
 
-class DnsmasqServer:
+class DnsmasqServer(ManagedProcess):
     """One ``dnsmasq`` process on ``127.0.0.1:port`` (see :func:`dnsmasq_server`).
+
+    :meth:`stop` kills it: queries then go unanswered (ICMP port unreachable). :meth:`pause` freezes it
+    (``SIGSTOP``): queries are never answered, so clients time out, until :meth:`resume`.
 
     Attributes:
         port: The UDP and TCP port; it stays the same across :meth:`stop`, :meth:`start` and :meth:`restart`.
@@ -92,6 +80,8 @@ class DnsmasqServer:
 
     .. versionadded:: 0.1
     """
+
+    program = "dnsmasq"
 
     def __init__(
         self,
@@ -108,7 +98,7 @@ class DnsmasqServer:
         port: int | None = None,
         startup_timeout: float = 10.0,
     ) -> None:
-        self.binary = binary
+        super().__init__(binary, directory, startup_timeout=startup_timeout)
         self.port = _free_port() if port is None else port
         self.nameserver = f"{HOST}:{self.port}"
         self.zone = zone
@@ -117,21 +107,13 @@ class DnsmasqServer:
         self.host_records = tuple(host_records)
         self.txt = dict(txt or {})
         self._args = tuple(args)
-        self._directory = directory
         self._hostsdir = directory / "hosts.d"
         self._hostsdir.mkdir(exist_ok=True)
-        self._log = directory / "dnsmasq.log"
-        self._startup_timeout = startup_timeout
-        self._process: subprocess.Popen[bytes] | None = None
         self.set_hosts(hosts or {})
 
-    def __repr__(self) -> str:
-        return f"<DnsmasqServer {self.nameserver} running={self.running}>"
-
     @property
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self._process is not None and self._process.poll() is None
+    def address(self) -> str:
+        return self.nameserver
 
     def command(self) -> list[str]:
         """The dnsmasq command line for the current records."""
@@ -158,44 +140,6 @@ class DnsmasqServer:
             command.append(f"--host-record={','.join([name, *addresses])}" + ("" if ttl is None else f",{ttl}"))
         command += [f"--txt-record={name},{text}" for name, text in self.txt.items()]
         return command + list(self._args)
-
-    def start(self) -> None:
-        """Start dnsmasq (again) on :attr:`port` and wait until it answers a query.
-
-        Raises:
-            RuntimeError: It exited or did not answer within ``startup_timeout`` seconds (the log is attached).
-        """
-        if self.running:
-            return
-        with self._log.open("ab") as log:
-            self._process = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True
-            )
-        deadline = time.monotonic() + self._startup_timeout
-        while not self._answers():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"dnsmasq on {self.nameserver} did not start:\n{self.log()[-2000:]}")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        """Kill dnsmasq and wait for it to exit (queries then go unanswered: ICMP port unreachable)."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10.0)
-
-    def pause(self) -> None:
-        """Freeze dnsmasq (``SIGSTOP``): queries are never answered, so clients time out."""
-        if self._process is not None and self._process.poll() is None:
-            os.kill(self._process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """Let a paused dnsmasq run again (``SIGCONT``)."""
-        if self._process is not None and self._process.poll() is None:
-            os.kill(self._process.pid, signal.SIGCONT)
 
     def restart(
         self,
@@ -224,14 +168,9 @@ class DnsmasqServer:
 
     def reload(self) -> None:
         """Send ``SIGHUP``: reread the hosts files and clear the cache (command-line records stay as they are)."""
-        if self._process is not None and self._process.poll() is None:
-            os.kill(self._process.pid, signal.SIGHUP)
+        self._signal(signal.SIGHUP)
 
-    def log(self) -> str:
-        """What dnsmasq logged so far."""
-        return self._log.read_text(errors="replace") if self._log.exists() else ""
-
-    def _answers(self) -> bool:
+    def _ready(self) -> bool:
         ident = random.getrandbits(16)
         labels = f"connectivity-probe.{self.zone}".split(".")
         question = b"".join(bytes([len(label)]) + label.encode() for label in labels) + b"\0"
@@ -284,33 +223,21 @@ def dnsmasq_server(
 
     .. versionadded:: 0.1
     """
-    path = binary or shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin")
-    if path is None:
-        raise FileNotFoundError("dnsmasq not found on PATH")
-    with tempfile.TemporaryDirectory(prefix="connectivity-dnsmasq-") as directory:
-        server: DnsmasqServer | None = None
-        for attempt in range(5):  # the free port can be taken between probing it and dnsmasq binding it
-            server = DnsmasqServer(
-                path,
-                Path(directory),
-                zone=zone,
-                ttl=ttl,
-                srv=srv,
-                hosts=hosts,
-                host_records=host_records,
-                txt=txt,
-                args=args,
-                startup_timeout=startup_timeout,
-            )
-            try:
-                server.start()
-                break
-            except RuntimeError:
-                if attempt == 4:
-                    raise
-        assert server is not None
-        try:
-            yield server
-        finally:
-            server.resume()
-            server.stop()
+    path = find_binary("dnsmasq", binary, also="/usr/sbin:/sbin")
+
+    def make(directory: Path) -> DnsmasqServer:
+        return DnsmasqServer(
+            path,
+            directory,
+            zone=zone,
+            ttl=ttl,
+            srv=srv,
+            hosts=hosts,
+            host_records=host_records,
+            txt=txt,
+            args=args,
+            startup_timeout=startup_timeout,
+        )
+
+    with serve(make, prefix="connectivity-dnsmasq-") as server:
+        yield server

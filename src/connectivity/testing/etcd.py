@@ -15,35 +15,28 @@ import base64
 import contextlib
 import json
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from connectivity.discovery.etcd import _prefix_end
+from connectivity.testing._process import HOST, ManagedProcess, find_binary, free_port, serve
+
 __all__ = ["HOST", "EtcdServer", "etcd_server"]
 
-HOST = "127.0.0.1"
-"""The server listens on the IPv4 loopback only."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+_free_port = free_port
 
 
 def _b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode("ascii")
 
 
-class EtcdServer:
+class EtcdServer(ManagedProcess):
     """One ``etcd`` member on ``127.0.0.1`` (see :func:`etcd_server`).
+
+    :meth:`stop` kills it (``SIGKILL``: a crash); its data stays for the next :meth:`start`.
 
     Attributes:
         port: The client port; it stays the same across :meth:`stop` and :meth:`start`.
@@ -53,40 +46,30 @@ class EtcdServer:
     .. versionadded:: 0.1
     """
 
+    program = "etcd"
+    _poll_interval = 0.02
+    _log_tail = 3000
+
     def __init__(
         self, binary: str, directory: Path, *, args: Sequence[str] = (), startup_timeout: float = 20.0
     ) -> None:
-        self.binary = binary
+        super().__init__(binary, directory, startup_timeout=startup_timeout)
         self.port = _free_port()
         self.peer_port = _free_port()
         while self.peer_port == self.port:
             self.peer_port = _free_port()
         self.url = f"http://{HOST}:{self.port}"
-        self._directory = directory
         self._args = tuple(args)
-        self._startup_timeout = startup_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log = directory / "etcd.log"
         self._client = httpx.Client(base_url=self.url, timeout=5.0, trust_env=False)
 
-    def __repr__(self) -> str:
-        return f"<EtcdServer {self.url} running={self.running}>"
-
     @property
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self._process is not None and self._process.poll() is None
+    def address(self) -> str:
+        return self.url
 
-    def start(self) -> None:
-        """Start etcd (again, with the data it had) and wait until it is healthy.
-
-        Raises:
-            RuntimeError: It exited or was not healthy within ``startup_timeout`` seconds (the log is attached).
-        """
-        if self.running:
-            return
+    def command(self) -> list[str]:
+        """The ``etcd`` command line: one member, data in the temporary directory, loopback ports only."""
         peer = f"http://{HOST}:{self.peer_port}"
-        command = [
+        return [
             self.binary,
             "--name", "connectivity",
             "--data-dir", str(self._directory / "data"),
@@ -104,36 +87,17 @@ class EtcdServer:
             "--election-timeout", "100",
             *self._args,
         ]  # fmt: skip
-        with self._log.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True
-            )
-        deadline = time.monotonic() + self._startup_timeout
-        while not self._healthy():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"etcd on {self.url} did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.02)
 
-    def _healthy(self) -> bool:
+    def _ready(self) -> bool:
         try:
             response = self._client.get("/health", timeout=1.0)
         except httpx.HTTPError:
             return False
         return response.status_code == 200 and response.json().get("health") == "true"
 
-    def stop(self) -> None:
-        """Kill etcd (``SIGKILL``: a crash) and wait for it to exit. Its data stays for the next :meth:`start`."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10.0)
-
     def close(self) -> None:
         """Stop etcd and close the HTTP client."""
-        self.stop()
+        super().close()
         self._client.close()
 
     def call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,21 +140,6 @@ class EtcdServer:
             success.append({"request_put": {"key": _b64(prefix + suffix), "value": _b64(data)}})
         return int(self.call("kv/txn", {"success": success})["header"]["revision"])
 
-    def log(self) -> str:
-        """What etcd logged so far."""
-        return self._log.read_text(errors="replace") if self._log.exists() else ""
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """etcd's range end for a prefix: the prefix with its last byte below 0xff incremented."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"
-
 
 @contextlib.contextmanager
 def etcd_server(
@@ -213,23 +162,11 @@ def etcd_server(
 
     .. versionadded:: 0.1
     """
-    path = binary or shutil.which("etcd")
-    if path is None:
-        raise FileNotFoundError("etcd not found on PATH")
-    with tempfile.TemporaryDirectory(prefix="connectivity-etcd-") as directory:
-        server: EtcdServer | None = None
-        for attempt in range(5):  # a free port can be taken between probing it and etcd binding it
-            server = EtcdServer(path, Path(directory), args=args, startup_timeout=startup_timeout)
-            try:
-                server.start()
-                break
-            except RuntimeError:
-                server.close()
-                if attempt == 4:
-                    raise
-                shutil.rmtree(Path(directory) / "data", ignore_errors=True)
-        assert server is not None
-        try:
-            yield server
-        finally:
-            server.close()
+    path = find_binary("etcd", binary)
+
+    def make(directory: Path) -> EtcdServer:
+        shutil.rmtree(directory / "data", ignore_errors=True)  # not the data of a member that failed to start
+        return EtcdServer(path, directory, args=args, startup_timeout=startup_timeout)
+
+    with serve(make, prefix="connectivity-etcd-") as server:
+        yield server

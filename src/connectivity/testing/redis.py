@@ -11,31 +11,22 @@ but never answers: the case timeouts exist for). It needs no Redis client librar
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from connectivity.testing._process import HOST, ManagedProcess, find_binary, free_port, serve
+
 __all__ = ["HOST", "RedisServer", "redis_server"]
 
-HOST = "127.0.0.1"
-"""The server listens on the IPv4 loopback only."""
+_free_port = free_port
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
+class RedisServer(ManagedProcess):
     """One ``redis-server`` process on ``127.0.0.1:port`` (see :func:`redis_server`).
+
+    :meth:`stop` kills it (``SIGKILL``: a crash, not a shutdown); its data is gone. :meth:`pause` freezes it
+    (``SIGSTOP``): connections still open, nothing is ever answered, until :meth:`resume`.
 
     Attributes:
         port: The TCP port; it stays the same across :meth:`stop` and :meth:`start`.
@@ -44,6 +35,8 @@ class RedisServer:
 
     .. versionadded:: 0.1
     """
+
+    program = "redis-server"
 
     def __init__(
         self,
@@ -55,33 +48,19 @@ class RedisServer:
         args: Sequence[str] = (),
         startup_timeout: float = 10.0,
     ) -> None:
-        self.binary = binary
+        super().__init__(binary, directory, startup_timeout=startup_timeout)
         self.port = _free_port() if port is None else port
         self.password = password
         auth = "" if password is None else f":{password}@"
         self.url = f"redis://{auth}{HOST}:{self.port}/0"
-        self._directory = directory
         self._args = tuple(args)
-        self._startup_timeout = startup_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log = directory / "redis.log"
-
-    def __repr__(self) -> str:
-        return f"<RedisServer {HOST}:{self.port} running={self.running}>"
 
     @property
-    def running(self) -> bool:
-        """Whether the process is alive (a paused server is running)."""
-        return self._process is not None and self._process.poll() is None
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
 
-    def start(self) -> None:
-        """Start the server (again) on :attr:`port` and wait until it answers ``PING``.
-
-        Raises:
-            RuntimeError: It exited or did not answer within ``startup_timeout`` seconds (the log is attached).
-        """
-        if self.running:
-            return
+    def command(self) -> list[str]:
+        """The ``redis-server`` command line: no persistence, in the temporary directory, logging to stdout."""
         command = [
             self.binary,
             "--port", str(self.port),
@@ -94,20 +73,9 @@ class RedisServer:
         ]  # fmt: skip
         if self.password is not None:
             command += ["--requirepass", self.password]
-        command += self._args
-        with self._log.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True
-            )
-        deadline = time.monotonic() + self._startup_timeout
-        while not self._answers():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = self._log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server on {HOST}:{self.port} did not start:\n{tail}")
-            time.sleep(0.01)
+        return command + list(self._args)
 
-    def _answers(self) -> bool:
+    def _ready(self) -> bool:
         try:
             with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
@@ -115,25 +83,6 @@ class RedisServer:
         except OSError:
             return False
         return reply.startswith((b"+PONG", b"-NOAUTH"))
-
-    def stop(self) -> None:
-        """Kill the server (``SIGKILL``: a crash, not a shutdown) and wait for it to exit. Its data is gone."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10.0)
-
-    def pause(self) -> None:
-        """Freeze the server (``SIGSTOP``): connections still open, nothing is ever answered."""
-        if self._process is not None and self._process.poll() is None:
-            os.kill(self._process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """Let a paused server run again (``SIGCONT``)."""
-        if self._process is not None and self._process.poll() is None:
-            os.kill(self._process.pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -162,24 +111,11 @@ def redis_server(
 
     .. versionadded:: 0.1
     """
-    path = binary or shutil.which("redis-server")
-    if path is None:
-        raise FileNotFoundError("redis-server not found on PATH")
-    with tempfile.TemporaryDirectory(prefix="connectivity-redis-") as directory:
-        server: RedisServer | None = None
-        for attempt in range(5):  # the free port can be taken between probing it and the server binding it
-            server = RedisServer(
-                path, Path(directory), password=password, args=args, startup_timeout=startup_timeout
-            )
-            try:
-                server.start()
-                break
-            except RuntimeError:
-                if attempt == 4:
-                    raise
-        assert server is not None
-        try:
-            yield server
-        finally:
-            server.resume()
-            server.stop()
+    path = find_binary("redis-server", binary)
+    with serve(
+        lambda directory: RedisServer(
+            path, directory, password=password, args=args, startup_timeout=startup_timeout
+        ),
+        prefix="connectivity-redis-",
+    ) as server:
+        yield server
