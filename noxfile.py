@@ -60,6 +60,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def compare(session: nox.Session) -> None:
+    """`connectivity compare`: in-process policies vs nginx / HAProxy / Caddy sidecars on loopback (the full run;
+    `nox -s compare -- --quick` for a smoke run); JSON goes to bench/results/, the report and plots to
+    bench/results/compare/ (`-- --report-dir docs/compare` refreshes the committed report)."""
+    session.install("-e", ".[compare]")
+    session.run("connectivity", "compare", *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation site with mkdocs --strict."""
     session.install("-e", ".", "--group", "docs")

@@ -4,6 +4,7 @@ import connectivity
 import connectivity.admin
 import connectivity.backends
 import connectivity.balancing
+import connectivity.compare
 import connectivity.discovery
 import connectivity.middleware
 import connectivity.policies
@@ -204,6 +205,20 @@ SUBPACKAGES = {
         "Sticky",
         "shadow_host",
         "stable_fraction",
+    ],
+    connectivity.compare: [
+        "CPU_RATIO",
+        "FULL",
+        "QUICK",
+        "SCENARIOS",
+        "Balancing",
+        "Fleet",
+        "FleetError",
+        "Policy",
+        "Scenario",
+        "Settings",
+        "run",
+        "verdicts",
     ],
     connectivity.backends: ["RedisBreakerBackend", "RedisCircuit", "RedisRateLimiter"],
     connectivity.telemetry: [

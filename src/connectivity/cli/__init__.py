@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from connectivity._version import __version__
-from connectivity.cli import certs, demo
+from connectivity.cli import certs, compare, demo
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -36,7 +36,7 @@ class Command(Protocol):
         ...
 
 
-COMMANDS: Mapping[str, Command] = {"demo": demo, "certs": certs}
+COMMANDS: Mapping[str, Command] = {"demo": demo, "certs": certs, "compare": compare}
 """Subcommands by name, in ``--help`` order."""
 
 
