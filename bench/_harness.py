@@ -7,7 +7,6 @@ import contextlib
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import sys
@@ -15,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from connectivity.compare.drive import percentile  # one implementation: the library's (compare ships it)
 
 __all__ = [
     "RESULTS_DIR",
@@ -57,15 +58,6 @@ def median(values: Sequence[float]) -> float:
     if len(ordered) % 2:
         return float(ordered[middle])
     return (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) of a non-empty sequence, linearly interpolated between ranks."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return float(ordered[low] + (ordered[high] - ordered[low]) * (rank - low))
 
 
 def schedule(names: Sequence[str], count: int, block: int, round_index: int) -> Iterator[tuple[str, int]]:
