@@ -1,5 +1,5 @@
 """Developer tasks: `nox -s tests`, `nox -s demo`, `nox -s lint typecheck`, `nox -s bench`, `nox -s docs`,
-`nox -s tests_minimal`."""
+`nox -s tests_minimal`, `nox -s tests_httpx2`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,25 @@ def tests_minimal(session: nox.Session) -> None:
     backend="aiohttp" fails with a clear error. Not a default session: it needs a venv of its own."""
     session.install(".", "pytest>=8.2", "anyio>=4.11")
     session.run("pytest", "-p", "no:cacheprovider", "tests/minimal", *session.posargs)
+
+
+@nox.session
+def tests_httpx2(session: nox.Session) -> None:
+    """The package on httpx2 installed instead of httpx: the backend conformance suite and the stack on httpx2's
+    clients. Not a default session: it needs a venv of its own."""
+    session.install(".[demo]", "httpx2>=2.16", "pytest>=8.2", "anyio>=4.11", "trio>=0.25")
+    if session.venv_backend == "uv":
+        session.run_install("uv", "pip", "uninstall", "httpx", "httpcore")
+    else:
+        session.run_install("python", "-m", "pip", "uninstall", "--yes", "httpx", "httpcore")
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/on_httpx2",
+        "tests/transports/test_backend_conformance.py",
+        *session.posargs,
+    )
 
 
 @nox.session

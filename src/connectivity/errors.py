@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+from connectivity._http import httpx
 
 __all__ = [
     "AuthenticationError",

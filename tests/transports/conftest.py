@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-import httpx
 import pytest
+
+from connectivity._http import httpx
 
 T = TypeVar("T")
 

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mutabl
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 import connectivity as cx
+from connectivity._http import httpx
 from connectivity.testing import Faults, FaultyUpstream
 from connectivity.testing.server import RunningServer, serve
 from connectivity.transports import AiohttpTransport, AutoTransport, HTTPTransport, failure_kind

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 import connectivity as cx
+from connectivity._http import httpx
 
 if TYPE_CHECKING:
     from rich.console import Console

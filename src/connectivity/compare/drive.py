@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
-import httpx
+
+from connectivity._http import httpx
 
 __all__ = ["Block", "Contender", "Mode", "percentile", "run_block"]
 

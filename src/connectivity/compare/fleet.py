@@ -162,7 +162,7 @@ class Fleet:
         self._control: Any = None
 
     def __enter__(self) -> Fleet:
-        import httpx
+        from connectivity._http import httpx
 
         self._control = httpx.Client(trust_env=False, timeout=10.0)
         try:

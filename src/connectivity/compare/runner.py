@@ -37,8 +37,8 @@ from types import ModuleType
 from typing import Any, Protocol
 
 import anyio
-import httpx
 
+from connectivity._http import httpx
 from connectivity.compare.drive import Contender, Mode, run_block
 from connectivity.compare.fleet import HOST, Fleet
 from connectivity.compare.scenarios import REPLICAS, Scenario, select

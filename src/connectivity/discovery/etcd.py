@@ -34,8 +34,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
-import httpx
 
+from connectivity._http import httpx
 from connectivity.discovery.endpoint import Endpoint
 from connectivity.discovery.file import parse_entry
 from connectivity.discovery.resolver import DiscoveryError, Resolution, Resolver, UpdateCallback

@@ -27,8 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import ConfigError
 
 __all__ = [

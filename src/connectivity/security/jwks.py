@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
-import httpx
 from cachetools import TLRUCache
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
+from connectivity._http import httpx
 from connectivity.errors import ConfigError, KeyPolicyError
 from connectivity.policies._validate import finite_non_negative, finite_positive
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock

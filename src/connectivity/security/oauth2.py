@@ -17,8 +17,8 @@ from weakref import WeakKeyDictionary
 
 import anyio
 import anyio.lowlevel
-import httpx
 
+from connectivity._http import httpx
 from connectivity.errors import ConfigError, CredentialError, DeadlineExceededError
 from connectivity.policies._validate import at_least_int, finite_non_negative, finite_positive, ratio
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock

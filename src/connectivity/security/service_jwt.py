@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from connectivity._http import httpx
 from connectivity.errors import ConfigError, KeyPolicyError
 from connectivity.policies._validate import finite_non_negative, finite_positive, ratio
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock

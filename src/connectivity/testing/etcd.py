@@ -19,8 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.discovery.etcd import _prefix_end
 from connectivity.testing._process import HOST, ManagedProcess, find_binary, free_port, serve
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import anyio
-import httpx
 
+from connectivity._http import httpx
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["RecordedRequest", "ScriptedTransport", "Step", "StepLike"]

@@ -39,11 +39,11 @@ from typing import Any, ClassVar
 
 import aiohttp
 import anyio
-import httpx
 import httpx_aiohttp
 import sniffio
 import yarl
 
+from connectivity._http import httpx
 from connectivity.errors import BackendUnavailableError, DeadlineExceededError
 from connectivity.policies.deadline import Deadline, _current
 from connectivity.transports._network import bounded

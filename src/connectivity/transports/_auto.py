@@ -21,9 +21,9 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
-import httpx
 import sniffio
 
+from connectivity._http import httpx
 from connectivity.errors import BackendUnavailableError
 from connectivity.transports.aiohttp import AiohttpTransport, aiohttp_limitation
 from connectivity.transports.http import HTTPTransport
@@ -84,8 +84,8 @@ class AutoTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                 if self._aiohttp is None:
                     try:
                         self._aiohttp = AiohttpTransport(**self._options)
-                    except BackendUnavailableError:
-                        self._why_not_aiohttp = "httpx-aiohttp is not installed"
+                    except BackendUnavailableError as exc:
+                        self._why_not_aiohttp = str(exc)
                     else:
                         self._aiohttp.use_fallback(self._http)
                 if self._aiohttp is not None:

@@ -25,8 +25,8 @@ import weakref
 from collections.abc import Callable
 
 import anyio
-import httpx
 
+from connectivity._http import httpx
 from connectivity.balancing.base import Picker
 from connectivity.balancing.endpoints import EndpointSet
 from connectivity.balancing.health import SUCCESS, HealthChecker, Outcome

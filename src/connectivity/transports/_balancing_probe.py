@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import anyio.lowlevel
-import httpx
 
+from connectivity._http import httpx
 from connectivity.balancing.health import NETWORK, HealthCheck, HealthChecker, Outcome
 from connectivity.discovery.endpoint import Endpoint
 from connectivity.policies.clock import Clock

@@ -9,8 +9,7 @@ user info, query and fragment); with an httpx where the check fails, ``copy_with
 
 from __future__ import annotations
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.discovery.endpoint import Endpoint
 
 __all__ = ["rewrite"]

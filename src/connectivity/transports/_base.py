@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TypeAlias
 
-import httpx
+from connectivity._http import httpx
 
 __all__ = ["Inner", "Layer"]
 

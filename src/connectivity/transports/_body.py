@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
+from connectivity._http import httpx
 
 __all__ = ["ReplayableStream", "is_replayable", "make_replayable"]
 

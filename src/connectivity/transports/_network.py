@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
-import httpcore
-
+from connectivity._http import httpcore
 from connectivity.errors import DeadlineExceededError
 from connectivity.policies.deadline import Deadline, _current
 

@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from time import perf_counter
 from typing import Any
 
-import httpx
 from opentelemetry import propagate
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from connectivity._http import httpx
 from connectivity.telemetry import semconv
 from connectivity.telemetry.events import AttributeValue
 from connectivity.telemetry.otel import Meters

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import DeadlineExceededError, PerTryTimeoutError
 from connectivity.policies.retry import CONNECT_FAILURE, PER_TRY_TIMEOUT, READ_TIMEOUT, RESET
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import CircuitOpenError
 from connectivity.telemetry import events, semconv
 

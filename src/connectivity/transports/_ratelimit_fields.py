@@ -10,8 +10,7 @@ import base64
 import binascii
 import re
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.policies.retry_after import parse_retry_after
 
 __all__ = ["THROTTLE_STATUSES", "hold_off_seconds", "parse_sf_list"]

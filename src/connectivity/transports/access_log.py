@@ -6,9 +6,9 @@ import logging
 from time import perf_counter
 from typing import Any
 
-import httpx
 from opentelemetry import trace as trace_api
 
+from connectivity._http import httpx
 from connectivity.errors import RetriesExhaustedError
 from connectivity.telemetry import semconv
 from connectivity.telemetry.events import _CALL

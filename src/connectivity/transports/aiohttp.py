@@ -10,17 +10,25 @@ there, with the same :class:`~connectivity.BackendUnavailableError`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import httpx
-
+from connectivity._http import ENVIRONMENT_VARIABLE, LIBRARY, httpx
 from connectivity.errors import BackendUnavailableError
 
 __all__ = ["AiohttpTransport", "aiohttp_limitation"]
 
 _DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's own default
 _INSTALL = "install the 'fast' extra (pip install 'connectivity-sdk[fast]') or use backend='httpcore'"
+
+
+def _httpx_is_ours() -> bool:
+    """Whether ``import httpx`` (what httpx-aiohttp does) gives the library connectivity runs on."""
+    try:
+        return importlib.import_module("httpx") is httpx
+    except ImportError:
+        return False
 
 
 def aiohttp_limitation(options: Mapping[str, Any]) -> tuple[str, object, str] | None:
@@ -134,6 +142,12 @@ class AiohttpTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         if limitation is not None:
             name, value, why = limitation
             raise BackendUnavailableError("aiohttp", why, field=f"transport.{name}", value=value)
+        if LIBRARY != "httpx" and not _httpx_is_ours():
+            raise BackendUnavailableError(
+                "aiohttp",
+                f"httpx-aiohttp is built on httpx, and connectivity runs on {LIBRARY} here; use "
+                f"backend='httpcore' (or {ENVIRONMENT_VARIABLE}=httpx with httpx clients)",
+            )
         try:
             from connectivity.transports._aiohttp import Pool
         except ImportError as exc:

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import ConfigError
 from connectivity.security.credentials import Credentials
 from connectivity.telemetry.events import _CALL

@@ -40,8 +40,8 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-import httpx
 
+from connectivity._http import httpx
 from connectivity.balancing.base import Picker
 from connectivity.balancing.endpoints import EndpointSet
 from connectivity.balancing.health import NETWORK, HealthCheck, HealthChecker

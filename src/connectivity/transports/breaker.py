@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import anyio
-import httpx
 
+from connectivity._http import httpx
 from connectivity.errors import CircuitOpenError
 from connectivity.policies.breaker import (
     CANCELLED,

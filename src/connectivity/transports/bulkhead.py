@@ -28,8 +28,8 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import httpx
 
+from connectivity._http import httpx
 from connectivity.errors import ConcurrencyLimitError
 from connectivity.policies.bulkhead import FULL, QUEUE_TIMEOUT, Bulkhead
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock

@@ -21,8 +21,7 @@ from __future__ import annotations
 import random as _random
 from typing import Final
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import ConfigError
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.routing.fault import FaultDecision, FaultInjection

@@ -19,8 +19,8 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import anyio
-import httpx
 
+from connectivity._http import httpx
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.hedge import Hedge
 from connectivity.policies.retry import Retry

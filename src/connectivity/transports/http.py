@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.transports._network import DeadlineAwareAsyncBackend, DeadlineAwareBackend
 
 __all__ = ["HTTPTransport"]

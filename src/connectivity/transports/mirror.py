@@ -47,9 +47,9 @@ from types import TracebackType
 from typing import Final
 
 import anyio
-import httpx
 from anyio.abc import TaskGroup
 
+from connectivity._http import httpx
 from connectivity.errors import ConfigError
 from connectivity.policies._validate import at_least_int, finite_positive
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock

@@ -15,8 +15,7 @@ failure, so retry policies do not retry it (the same upstream would present the 
 
 from __future__ import annotations
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import ConfigError, PeerIdentityError
 from connectivity.security.tls import MTLS, PeerVerificationError
 from connectivity.transports._base import Inner, Layer

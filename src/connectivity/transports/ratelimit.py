@@ -51,8 +51,8 @@ from typing import Any, Literal
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-import httpx
 
+from connectivity._http import httpx
 from connectivity.errors import ConfigError, RateLimitedError
 from connectivity.policies._validate import finite_non_negative, finite_positive
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock

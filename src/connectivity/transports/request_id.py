@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import ConfigError
 from connectivity.telemetry.request_id import HEADER, _current
 from connectivity.transports._base import Inner, Layer

@@ -15,8 +15,7 @@ Errors and the final outcome:
 
 from __future__ import annotations
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import RetriesExhaustedError, RetryBudgetExhaustedError
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.deadline import _current

@@ -32,8 +32,7 @@ from contextlib import AsyncExitStack, ExitStack
 from types import TracebackType
 from typing import Any, Final
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import ConfigError, NoRouteError
 from connectivity.routing.match import NO_PARAMS
 from connectivity.routing.route import Route, RouteChoice, RouteTable

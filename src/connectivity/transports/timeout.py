@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from contextvars import Token
 
-import httpx
-
+from connectivity._http import httpx
 from connectivity.errors import DeadlineExceededError, PerTryTimeoutError
 from connectivity.policies._validate import optional_positive
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock

@@ -18,11 +18,11 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
-import httpx
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
 from opentelemetry.trace import SpanKind
 
+from connectivity._http import httpx
 from connectivity.telemetry import semconv
 from connectivity.telemetry.events import _CALL
 from connectivity.telemetry.otel import Telemetry
