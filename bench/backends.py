@@ -15,7 +15,10 @@ Contenders, all on asyncio in this one process:
   ``backend="auto"`` (which picks aiohttp on asyncio; the run checks that it did);
 * ``raw aiohttp``: an ``aiohttp.ClientSession`` used directly, body read: the floor any httpx adapter sits on;
 * ``httpx via sidecar``: ``httpx.AsyncClient()`` sending through the sidecar: the client keeps httpx's cost and the
-  sidecar spends its own CPU on the hop, reported as the *sidecar hop proxy CPU*.
+  sidecar spends its own CPU on the hop, reported as the *sidecar hop proxy CPU*;
+* ``httpx2`` (when httpx2 is installed, as in the ``bench`` group): ``httpx2.AsyncClient()`` with its own httpcore2
+  pool, for reference. connectivity picks one library per process (httpx here), so the stack on httpx2 is not
+  measured in this run.
 
 Every client gets the same pool size (``max_connections`` = ``max_keepalive_connections`` = :data:`POOL_SIZE`, the
 aiohttp connector's ``limit`` likewise), so the pool is never the variable. At each concurrency ``c`` of
@@ -79,6 +82,7 @@ from bench.inbound import _cpu_clock
 __all__ = [
     "CONTENDERS",
     "FULL",
+    "HTTPX2",
     "LEVELS",
     "P99_LEVEL",
     "P99_TARGET",
@@ -88,6 +92,7 @@ __all__ = [
     "RPS_TARGET",
     "STACK_ALLOWANCE_US",
     "Settings",
+    "contenders",
     "find_nginx",
     "run",
 ]
@@ -113,7 +118,15 @@ AUTO = "auto backend"
 AUTO_STACK = "auto + stack"
 RAW_AIOHTTP = "raw aiohttp"
 SIDECAR = "httpx via sidecar"
+HTTPX2 = "httpx2"
 CONTENDERS = (HTTPX, HTTPX_STACK, AIOHTTP, AIOHTTP_STACK, AUTO, AUTO_STACK, RAW_AIOHTTP, SIDECAR)
+"""The contenders every run has; :func:`contenders` adds :data:`HTTPX2` where httpx2 is installed."""
+
+
+def contenders() -> tuple[str, ...]:
+    """This run's contenders: :data:`CONTENDERS`, and ``httpx2`` when it can be imported."""
+    return (*CONTENDERS, HTTPX2) if importlib.util.find_spec("httpx2") is not None else CONTENDERS
+
 
 _STACK = "timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()), breaker=cx.CircuitBreaker(), "
 _DESCRIPTIONS = {
@@ -125,6 +138,7 @@ _DESCRIPTIONS = {
     AUTO_STACK: "the full stack (as httpx + stack) with backend='auto'",
     RAW_AIOHTTP: "aiohttp.ClientSession() used directly, body read",
     SIDECAR: "httpx.AsyncClient() sending through the sidecar nginx (proxy_pass, keep-alive to the upstream)",
+    HTTPX2: "httpx2.AsyncClient(): httpx2's own httpcore2 pool (when httpx2 is installed)",
 }
 _BACKENDS = {"httpcore": (HTTPX, HTTPX_STACK), "aiohttp": (AIOHTTP, AIOHTTP_STACK), "auto": (AUTO, AUTO_STACK)}
 """Backend -> (bare, under the stack)."""
@@ -359,6 +373,18 @@ async def _contender(name: str, stack: contextlib.AsyncExitStack) -> tuple[Get, 
                 return response.status == 200
 
         return raw_get, None
+    if name == HTTPX2:
+        import httpx2
+
+        limits = httpx2.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
+        client2 = await stack.enter_async_context(
+            httpx2.AsyncClient(limits=limits, trust_env=False, timeout=_REQUEST_TIMEOUT)
+        )
+
+        async def get2(url: str) -> bool:
+            return (await client2.get(url)).status_code == 200
+
+        return get2, None
     transport = _transport(name)
     client = await stack.enter_async_context(
         httpx.AsyncClient(transport=transport, limits=_limits(), trust_env=False, timeout=_REQUEST_TIMEOUT)
@@ -447,7 +473,7 @@ Rounds = dict[int, dict[str, list[dict[str, Any]]]]
 def _measure(settings: Settings, upstream: _Nginx, sidecar: _Nginx) -> tuple[Rounds, dict[str, Any]]:
     """Every round's results, and which backend each ``auto`` transport picked."""
     servers = (upstream, sidecar)
-    names = list(CONTENDERS)
+    names = list(contenders())
 
     async def measure() -> tuple[Rounds, dict[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
@@ -571,7 +597,7 @@ def _summarise(rounds: Rounds) -> dict[str, Any]:
     }
     client_cpu = {
         name: {str(level): levels[level]["contenders"][name]["cpu_us_per_request"] for level in LEVELS}
-        for name in CONTENDERS
+        for name in contenders()
     }
     return {
         "levels": {str(level): result for level, result in levels.items()},
@@ -668,7 +694,7 @@ def _config_payload(settings: Settings) -> dict[str, Any]:
         "time of its process",
         "upstream": 'nginx, one process (master_process off), access_log off, location / { return 200 "ok"; }',
         "sidecar": "a second nginx process: proxy_pass to the upstream, keepalive 64, proxy_http_version 1.1",
-        "contenders": _DESCRIPTIONS,
+        "contenders": {name: _DESCRIPTIONS[name] for name in contenders()},
         "targets": {
             "requests_per_s_ratio": {"min": RPS_TARGET, "at": RPS_LEVEL, "of": AUTO_STACK, "vs": HTTPX},
             "p99_ratio": {"max": P99_TARGET, "at": P99_LEVEL, "of": AUTO_STACK, "vs": HTTPX},

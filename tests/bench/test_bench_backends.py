@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ _CONTENDERS = {
     "auto + stack",
     "raw aiohttp",
     "httpx via sidecar",
-}
+} | ({"httpx2"} if importlib.util.find_spec("httpx2") is not None else set())
 
 
 def test_backends_quick_writes_json_with_every_contender_level_and_check(
