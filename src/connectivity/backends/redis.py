@@ -31,10 +31,8 @@ import logging
 import math
 import random
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import anyio.lowlevel
@@ -42,11 +40,17 @@ import anyio.to_thread
 import redis
 import redis.asyncio
 import sniffio
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from connectivity.backends import _redis_scripts as lua
+from connectivity.backends._redis_common import (
+    Health,
+    PerLoop,
+    clients,
+    connection_pool,
+    escape,
+    redact,
+    secrets,
+)
 from connectivity.errors import ConfigError
 from connectivity.policies._validate import finite_non_negative, finite_positive
 from connectivity.policies.breaker import CLOSED, CircuitBreaker, Rejection, Transition
@@ -56,9 +60,6 @@ __all__ = ["RedisBreakerBackend", "RedisCircuit"]
 _log = logging.getLogger("connectivity.backends.redis")
 _REMOTE: Final = 1 << 62
 _PROBE: Final = 1
-_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
-# anyio >= 4.11; with an older anyio every event loop shares one redis.asyncio client (one loop per process).
-_current_token: Callable[[], Any] | None = getattr(anyio.lowlevel, "current_token", None)
 
 _SyncClient = redis.Redis | redis.RedisCluster
 _AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
@@ -79,83 +80,6 @@ class _Scripts:
         self.status: Any = client.register_script(lua.STATUS)
 
 
-class _Health:
-    """Whether to use Redis: after a failure, one caller tries it again every ``retry_after`` seconds."""
-
-    __slots__ = (
-        "_fallback",
-        "_lock",
-        "_log",
-        "_retry_after",
-        "_retry_at",
-        "_secrets",
-        "_subject",
-        "_where",
-        "down",
-    )
-
-    def __init__(
-        self,
-        where: str,
-        secrets: Sequence[str],
-        retry_after: float,
-        *,
-        subject: str = "shared circuit breaker state",
-        fallback: str = "deciding with each process's local circuit",
-        log: logging.Logger = _log,
-    ) -> None:
-        self._log = log
-        self._subject = subject
-        self._fallback = fallback
-        self._lock = threading.Lock()
-        self._where = where
-        self._secrets = tuple(secret for secret in secrets if secret)
-        self._retry_after = retry_after
-        self._retry_at = 0.0
-        self.down = False
-
-    def usable(self) -> bool:
-        if not self.down:
-            return True
-        now = time.monotonic()
-        if now < self._retry_at:
-            return False
-        with self._lock:
-            if now < self._retry_at:
-                return False
-            self._retry_at = now + self._retry_after  # this caller tries Redis; the others stay local meanwhile
-            return True
-
-    def failed(self, exc: BaseException) -> None:
-        with self._lock:
-            self._retry_at = time.monotonic() + self._retry_after
-            if self.down:
-                return
-            self.down = True
-        detail = f"{type(exc).__name__}: {exc}"
-        for secret in self._secrets:
-            detail = detail.replace(secret, "***")
-        self._log.warning(
-            "%s at %s is unavailable (%s); %s, trying Redis again every %g s",
-            self._subject,
-            self._where,
-            detail,
-            self._fallback,
-            self._retry_after,
-        )
-
-    def recovered(self) -> None:
-        if self.down:
-            self._recover()
-
-    def _recover(self) -> None:
-        with self._lock:
-            was_down, self.down = self.down, False  # another thread may have seen the recovery first
-        if not was_down:
-            return
-        self._log.info("%s at %s is available again", self._subject, self._where)
-
-
 def _call_listener(listener: Callable[[Transition], None], transition: Transition) -> None:
     try:
         listener(transition)
@@ -165,11 +89,6 @@ def _call_listener(listener: Callable[[Transition], None], transition: Transitio
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _escape(part: str) -> str:
-    """Keep the hash tag exact and unambiguous whatever the breaker name and key contain."""
-    return part.replace("%", "%25").replace("{", "%7B").replace("}", "%7D").replace("/", "%2F")
 
 
 def _off(value: float | None) -> float:
@@ -201,7 +120,7 @@ class RedisCircuit:
         self.name = self.local.name
         self.state = CLOSED
         self._backend = backend
-        base = f"{backend.prefix}{{{_escape(breaker.name)}/{_escape(key)}}}"
+        base = f"{backend.prefix}{{{escape(breaker.name)}/{escape(key)}}}"
         self._keys = (f"{base}:state", f"{base}:window")
         count = breaker.window_type == "count"
         longest_open = (breaker.open_for_max or breaker.open_for) * (1.0 + breaker.jitter)
@@ -429,13 +348,13 @@ class RedisBreakerBackend:
     """
 
     __slots__ = (
-        "_async_by_loop",
         "_async_kwargs",
         "_async_user",
         "_circuits",
         "_deadline",
         "_health",
         "_lock",
+        "_per_loop",
         "_sync",
         "_url",
         "idle_ttl",
@@ -460,7 +379,7 @@ class RedisBreakerBackend:
     ) -> None:
         if not isinstance(url, str):
             raise ConfigError("RedisBreakerBackend.url", f"<{type(url).__name__}>", "must be a string")
-        self.url = _redact(url)
+        self.url = redact(url)
         self._url = url
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ConfigError("RedisBreakerBackend.prefix", prefix, "must be a non-empty string without { or }")
@@ -471,37 +390,14 @@ class RedisBreakerBackend:
         self.probe_lease = finite_positive("RedisBreakerBackend.probe_lease", probe_lease)
         # Connect, handshake and command each have their own socket timeout; the async path is also bounded whole.
         self._deadline = 2.0 * self.timeout
-        if client is not None and not isinstance(client, (redis.Redis, redis.RedisCluster)):
-            raise ConfigError("RedisBreakerBackend.client", type(client).__name__, "must be a redis.Redis")
-        if client is not None:
-            _require_socket_timeout("RedisBreakerBackend.client", client)
-        if async_client is not None and not isinstance(
-            async_client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)
-        ):
-            raise ConfigError(
-                "RedisBreakerBackend.async_client", type(async_client).__name__, "must be a redis.asyncio.Redis"
-            )
-        if async_client is not None:
-            _require_socket_timeout("RedisBreakerBackend.async_client", async_client)
-        sync_kwargs: dict[str, Any] = {
-            "socket_timeout": self.timeout,
-            "socket_connect_timeout": self.timeout,
-            "retry": Retry(NoBackoff(), 0),
-        }
-        self._async_kwargs: dict[str, Any] = {**sync_kwargs, "retry": AsyncRetry(NoBackoff(), 0)}
-        if client is None:
-            client = redis.Redis.from_pool(_pool(redis.ConnectionPool, url, self.url, sync_kwargs))
-            self._sync = _Scripts(client, owned=True)
-        else:
-            self._sync = _Scripts(client, owned=False)
-        if async_client is None:
-            _pool(redis.asyncio.ConnectionPool, url, self.url, self._async_kwargs)  # validate the URL now
-        self._async_user = None if async_client is None else _Scripts(async_client, owned=False)
-        # id(event loop) -> (that loop, the scripts of the client built for it); redis.asyncio is loop-bound.
-        self._async_by_loop: dict[int, tuple[Any, _Scripts]] = {}
+        made = clients("RedisBreakerBackend", url, self.url, self.timeout, client, async_client)
+        self._sync = _Scripts(made.sync, owned=made.owned)
+        self._async_kwargs = made.async_kwargs
+        self._async_user = None if made.async_given is None else _Scripts(made.async_given, owned=False)
         self._lock = threading.Lock()
+        self._per_loop = PerLoop(self._new_async_scripts, self._lock)
         self._circuits: dict[tuple[str, str], RedisCircuit] = {}
-        self._health = _Health(self.url, _secrets(url), self.retry_redis_after)
+        self._health = Health(self.url, secrets(url), self.retry_redis_after)
 
     def __repr__(self) -> str:
         return f"RedisBreakerBackend({self.url!r}, prefix={self.prefix!r}, timeout={self.timeout!r})"
@@ -545,88 +441,13 @@ class RedisBreakerBackend:
         that used the async twins; under trio there is nothing to close)."""
         if sniffio.current_async_library() != "asyncio":
             return
-        loop = _loop_key()
-        with self._lock:
-            entry = self._async_by_loop.pop(id(loop), None)
-        if entry is not None and entry[0] is loop:
-            await entry[1].client.aclose()
+        scripts = self._per_loop.pop()
+        if scripts is not None:
+            await scripts.client.aclose()
 
     def _async_scripts(self) -> _Scripts:
-        if self._async_user is not None:
-            return self._async_user
-        loop = _loop_key()
-        entry = self._async_by_loop.get(id(loop))
-        if entry is not None and entry[0] is loop:
-            return entry[1]
-        with self._lock:
-            # Forget the clients of closed loops (they cannot be closed any more, nor used).
-            for ident, (other, _) in list(self._async_by_loop.items()):
-                is_closed = getattr(other, "is_closed", None)
-                if other is not loop and callable(is_closed) and is_closed():
-                    del self._async_by_loop[ident]
-            pool = _pool(redis.asyncio.ConnectionPool, self._url, self.url, self._async_kwargs)
-            scripts = _Scripts(redis.asyncio.Redis.from_pool(pool), owned=True)
-            self._async_by_loop[id(loop)] = (loop, scripts)
-        return scripts
+        return self._async_user if self._async_user is not None else self._per_loop.get()
 
-
-class _Anchor:
-    """The weak-referenceable key of the one shared asyncio client when anyio cannot name the event loop."""
-
-
-_ANCHOR: Final = _Anchor()
-
-
-def _loop_key() -> object:
-    return _current_token().native_token if _current_token is not None else _ANCHOR
-
-
-def _pool(cls: Any, url: str, shown: str, kwargs: Mapping[str, Any]) -> Any:
-    """A connection pool for ``url`` whose timeouts and retries are ours, whatever its query string says."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-        if parts.scheme not in _SCHEMES:
-            raise ValueError(parts.scheme)
-        database = parts.path.strip("/")
-        if parts.scheme != "unix" and database and not database.isdigit():
-            raise ValueError(database)  # redis-py would silently use database 0
-        pool = cls.from_url(url, **kwargs)
-        pool.connection_kwargs.update(kwargs)
-        if cls is redis.ConnectionPool:
-            pool.connection_class(**pool.connection_kwargs)  # unknown query options fail here, not on first use
-    except (TypeError, ValueError):
-        raise ConfigError(
-            "RedisBreakerBackend.url", shown, "must be a valid redis://, rediss:// or unix:// URL"
-        ) from None
-    return pool
-
-
-def _require_socket_timeout(field: str, client: Any) -> None:
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", None)
-    if isinstance(kwargs, Mapping) and kwargs.get("socket_timeout") is None:
-        raise ConfigError(field, type(client).__name__, "must have a socket_timeout (a call must never hang)")
-
-
-def _secrets(url: str) -> list[str]:
-    parts = urlsplit(url)
-    found = [parts.password or ""]
-    found += [value for name, value in parse_qsl(parts.query) if name.lower() == "password"]
-    return found
-
-
-def _redact(url: str) -> str:
-    """``url`` with its password (in the user info or the query string) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is not None:
-            host = parts.netloc.rpartition("@")[2]
-            parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if any(name.lower() == "password" for name, _ in pairs):
-            redacted = [(name, "***" if name.lower() == "password" else value) for name, value in pairs]
-            parts = parts._replace(query=urlencode(redacted, safe="*"))
-        return urlunsplit(parts)
-    except ValueError:
-        return "<unparseable URL>"
+    def _new_async_scripts(self) -> _Scripts:
+        pool = connection_pool(redis.asyncio.ConnectionPool, self._url, self.url, self._async_kwargs)
+        return _Scripts(redis.asyncio.Redis.from_pool(pool), owned=True)

@@ -18,14 +18,9 @@ together stay near the limit; ``failure_mode="closed"`` refuses (``retry_after =
 warning per outage (no password in it), and Redis stays out of the path for ``retry_redis_after`` seconds, after
 which one caller tries it again: an outage costs one timeout per ``retry_redis_after``, never one per call.
 
-Batched mode (``sync_interval``, Kong's ``sync_rate``): each process decides hot keys on its own and reconciles
-with Redis every ``sync_interval`` seconds, all keys in one round trip (a pipeline of the same script). A process
-keeps, per key, a *view*: the shared arrival times as of its last sync, plus its own admissions since, counted
-``expected_replicas`` times (it assumes the other replicas do what it does), and the real cost it admitted since,
-which the next sync adds to the shared state unconditionally. A key whose view is missing or older than twice the
-interval is decided in Redis (one round trip, which also refreshes the view), so a key used less often than every
-``sync_interval`` is exact. A limit whose burst is smaller than ``expected_replicas * cost`` is always decided in
-Redis.
+Batched mode (``sync_interval``, Kong's ``sync_rate``): each process decides hot keys on its own from a *view* of
+the shared state and reconciles with Redis every ``sync_interval`` seconds, all keys in one round trip (see
+:mod:`connectivity.backends._ratelimit_views`); a key used less often than that is decided in Redis, exactly.
 
 Accuracy of batched mode: a process is blind, for at most about two intervals, to what the other replicas admitted
 meanwhile. Over any window of ``E`` seconds the replicas together admit at most about
@@ -38,9 +33,8 @@ replica alone gets the full rate once its burst is spent (its view is corrected 
 from idle over a few intervals (``1 / n`` of what is left per interval). More replicas than ``expected_replicas``
 admit more.
 
-Hot path: for a plain (non-Cluster) client, a decision is one EVALSHA frame, mostly built in advance, written to an
-idle connection of the client's pool and read back, skipping redis-py's per-command layers (most of a decision's
-CPU); a Cluster client goes through ``register_script``.
+Hot path: one EVALSHA frame, mostly built in advance, on an idle pooled connection, skipping redis-py's per-command
+layers (see :mod:`connectivity.backends._ratelimit_wire`).
 
 Async: :meth:`RedisRateLimiter.atry_acquire` and :meth:`RedisRateLimiter.apeek` use ``redis.asyncio`` on asyncio
 (one client per event loop). redis-py has no trio client, so under trio they run the sync twins in a worker thread
@@ -49,13 +43,11 @@ Async: :meth:`RedisRateLimiter.atry_acquire` and :meth:`RedisRateLimiter.apeek` 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import anyio
@@ -64,20 +56,18 @@ import redis
 import redis.asyncio
 import redis.exceptions
 import sniffio
-from cachetools import TTLCache
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from connectivity.backends import _ratelimit_scripts as lua
-from connectivity.backends.redis import (
-    _escape,
-    _Health,
-    _loop_key,
-    _pool,
-    _redact,
-    _require_socket_timeout,
-    _secrets,
+from connectivity.backends._ratelimit_views import Batch, View, Views
+from connectivity.backends._ratelimit_wire import SHA, Call, Scripts, apipeline, bulk, pipeline
+from connectivity.backends._redis_common import (
+    Health,
+    PerLoop,
+    clients,
+    connection_pool,
+    escape,
+    redact,
+    secrets,
 )
 from connectivity.errors import ConfigError
 from connectivity.policies._validate import finite_non_negative, finite_positive
@@ -91,158 +81,6 @@ FAILURE_MODES: Final = ("open", "closed")
 _log = logging.getLogger("connectivity.backends.redis_ratelimit")
 _SyncClient = redis.Redis | redis.RedisCluster
 _AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
-_BATCH_MAX: Final = 10_000  # keys per sync round trip; the rest wait for the next one
-_SHA: Final = hashlib.sha1(lua.DECIDE.encode(), usedforsecurity=False).hexdigest().encode()
-
-
-class _View:
-    """Batched mode: one key's shared arrival times as this process last saw them, plus its own admissions since.
-
-    ``tats`` and ``held`` (the end of a hold-off) are on this process's monotonic clock; ``pending`` is real cost
-    admitted here and not yet sent, ``sent`` the part of it a round trip in flight is adding to Redis.
-    """
-
-    __slots__ = ("held", "pending", "sent", "synced_at", "tats")
-
-    def __init__(self, tats: list[float], synced_at: float) -> None:
-        self.tats = tats
-        self.synced_at = synced_at
-        self.held = 0.0
-        self.pending = 0.0
-        self.sent = 0.0
-
-
-@dataclass(slots=True)
-class _Call:
-    """One script call being made: where, with what, and the pending cost it carries (batched mode)."""
-
-    key: str
-    redis_key: str
-    args: tuple[str, ...]
-    started: float
-    view: _View | None = None
-    carried: float = 0.0
-    frame: bytes = b""
-
-
-class _Batch:
-    """One sync's calls; ``done`` once merged or put back (whichever comes first, exactly once)."""
-
-    __slots__ = ("calls", "done")
-
-    def __init__(self, calls: list[_Call]) -> None:
-        self.calls = calls
-        self.done = False
-
-
-async def _read(conn: Any, timeout: float) -> Any:  # noqa: ASYNC109 (redis-py's own per-read timeout)
-    """A reply read within ``timeout``: redis-py answers ``None`` when a read given a timeout runs out of it (the
-    script and ``SCRIPT LOAD`` never reply nil), leaving the late reply on the wire; raising makes the caller drop
-    the connection."""
-    reply = await conn.read_response(timeout=timeout)
-    if reply is None:
-        raise redis.exceptions.TimeoutError(f"no reply within {timeout:g} s")
-    return reply
-
-
-def _bulk(*parts: bytes) -> bytes:
-    """RESP bulk strings (the body of a command frame)."""
-    return b"".join(b"$%d\r\n%b\r\n" % (len(part), part) for part in parts)
-
-
-class _Scripts:
-    """A client and the script registered on it; for a plain (non-Cluster) client, its connections used directly.
-
-    A decision is one EVALSHA frame, built mostly in advance, written to an idle connection of the client's pool
-    and read back: none of the client's per-command layers (pool lock, observability hooks, retries, argument
-    encoding) run on the hot path, which is most of a decision's CPU. ``SCRIPT LOAD`` once when the server does not
-    know the script (first use, or a Redis restarted empty). A Cluster client goes through ``register_script``.
-    """
-
-    __slots__ = ("client", "decide", "direct", "idle", "owned")
-
-    def __init__(self, client: Any, *, owned: bool) -> None:
-        self.client = client
-        self.owned = owned
-        self.decide: Any = client.register_script(lua.DECIDE)
-        self.direct = isinstance(client, (redis.Redis, redis.asyncio.Redis))
-        self.idle: list[Any] = []  # list.pop/append are atomic: threads share it without a lock
-
-    def call(self, call: _Call) -> Any:
-        if not self.direct:
-            return self.decide(keys=(call.redis_key,), args=call.args)
-        try:
-            conn = self.idle.pop()
-        except IndexError:
-            conn = self.client.connection_pool.make_connection()
-        try:
-            conn.send_packed_command((call.frame,), check_health=False)
-            try:
-                reply = conn.read_response()
-            except redis.exceptions.NoScriptError:
-                conn.send_command("SCRIPT", "LOAD", lua.DECIDE, check_health=False)
-                conn.read_response()
-                conn.send_packed_command((call.frame,), check_health=False)
-                reply = conn.read_response()
-        except redis.exceptions.ResponseError:
-            self.idle.append(conn)  # an error reply leaves the connection in step
-            raise
-        except BaseException:
-            conn.disconnect()  # a reply may still be on its way: never reuse this connection
-            raise
-        self.idle.append(conn)
-        return reply
-
-    async def acall(self, call: _Call, timeout: float) -> Any:  # noqa: ASYNC109 (a per-read timeout, below)
-        """One decision, bounded by ``timeout``: a connection's connect and handshake (once) and then its read.
-
-        The connections are made without a socket timeout: redis-py then writes without wrapping the write in a
-        task of its own, and the read takes ``timeout`` as an argument (a timer, not a task). A write of one small
-        frame never waits. A fresh connection to a server that accepts and never answers costs at most two
-        ``timeout``: one for the handshake, then this read (the Cluster path is bounded as a whole by the caller).
-        """
-        if not self.direct:
-            with anyio.fail_after(timeout):
-                return await self.decide(keys=(call.redis_key,), args=call.args)
-        try:
-            conn = self.idle.pop()
-        except IndexError:
-            pool = self.client.connection_pool
-            kwargs = {**pool.connection_kwargs, "socket_timeout": None, "socket_connect_timeout": timeout}
-            conn = pool.connection_class(**kwargs)
-        try:
-            if not conn.is_connected:
-                with anyio.fail_after(timeout):
-                    await conn.connect()
-            await conn.send_packed_command((call.frame,), check_health=False)
-            try:
-                reply = await _read(conn, timeout)
-            except redis.exceptions.NoScriptError:
-                await conn.send_command("SCRIPT", "LOAD", lua.DECIDE, check_health=False)
-                await _read(conn, timeout)
-                await conn.send_packed_command((call.frame,), check_health=False)
-                reply = await _read(conn, timeout)
-        except redis.exceptions.ResponseError:
-            self.idle.append(conn)
-            raise
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await conn.disconnect(nowait=True)
-            raise
-        self.idle.append(conn)
-        return reply
-
-    def close(self) -> None:
-        while self.idle:
-            self.idle.pop().disconnect()
-        if self.owned:
-            self.client.close()
-
-    async def aclose(self) -> None:
-        while self.idle:
-            await self.idle.pop().disconnect()
-        if self.owned:
-            await self.client.aclose()
 
 
 def _check(key: str, cost: float) -> None:
@@ -302,25 +140,20 @@ class RedisRateLimiter:
     remote: Final = True
 
     __slots__ = (
-        "_async_by_loop",
         "_async_kwargs",
         "_async_user",
+        "_batched",
         "_by_local",
-        "_dirty",
-        "_fresh",
         "_head",
         "_health",
         "_limit_args",
         "_lock",
-        "_next_sync",
-        "_scale",
+        "_per_loop",
         "_sync",
-        "_syncing",
         "_tag",
         "_tail",
         "_tail_args",
         "_url",
-        "_views",
         "allowed",
         "degraded_decisions",
         "expected_replicas",
@@ -366,7 +199,7 @@ class RedisRateLimiter:
             raise ConfigError("RedisRateLimiter.limits", limits, "must be one or more connectivity.RateLimit")
         if not isinstance(url, str):
             raise ConfigError("RedisRateLimiter.url", f"<{type(url).__name__}>", "must be a string")
-        self.url = _redact(url)
+        self.url = redact(url)
         self._url = url
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ConfigError("RedisRateLimiter.prefix", prefix, "must be a non-empty string without { or }")
@@ -391,36 +224,10 @@ class RedisRateLimiter:
         self.max_keys = max_keys
         self.shadow = bool(shadow)
 
-        if client is not None and not isinstance(client, (redis.Redis, redis.RedisCluster)):
-            raise ConfigError("RedisRateLimiter.client", type(client).__name__, "must be a redis.Redis")
-        if client is not None:
-            _require_socket_timeout("RedisRateLimiter.client", client)
-        if async_client is not None and not isinstance(
-            async_client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)
-        ):
-            raise ConfigError(
-                "RedisRateLimiter.async_client", type(async_client).__name__, "must be a redis.asyncio.Redis"
-            )
-        if async_client is not None:
-            _require_socket_timeout("RedisRateLimiter.async_client", async_client)
-        sync_kwargs: dict[str, Any] = {
-            "socket_timeout": self.timeout,
-            "socket_connect_timeout": self.timeout,
-            "retry": Retry(NoBackoff(), 0),
-        }
-        self._async_kwargs: dict[str, Any] = {**sync_kwargs, "retry": AsyncRetry(NoBackoff(), 0)}
-        try:
-            if client is None:
-                client = redis.Redis.from_pool(_pool(redis.ConnectionPool, url, self.url, sync_kwargs))
-                self._sync = _Scripts(client, owned=True)
-            else:
-                self._sync = _Scripts(client, owned=False)
-            if async_client is None:
-                _pool(redis.asyncio.ConnectionPool, url, self.url, self._async_kwargs)  # validate the URL now
-        except ConfigError as exc:
-            raise ConfigError("RedisRateLimiter.url", self.url, exc.rule) from None
-        self._async_user = None if async_client is None else _Scripts(async_client, owned=False)
-        self._async_by_loop: dict[int, tuple[Any, _Scripts]] = {}
+        made = clients("RedisRateLimiter", url, self.url, self.timeout, client, async_client)
+        self._sync = Scripts(made.sync, owned=made.owned)
+        self._async_kwargs = made.async_kwargs
+        self._async_user = None if made.async_given is None else Scripts(made.async_given, owned=False)
 
         # Per limit: field name, interval, tolerance (strings once, not on every call).
         self._limit_args: tuple[str, ...] = tuple(
@@ -433,9 +240,9 @@ class RedisRateLimiter:
             )
         )
         self._tail_args = (str(len(self.limits)), *self._limit_args)
-        self._head = b"*%d\r\n" % (4 + len(self._tail_args) + 4) + _bulk(b"EVALSHA", _SHA, b"1")
-        self._tail = _bulk(*(part.encode() for part in self._tail_args))
-        self._tag = f"{prefix}{{{_escape(name)}/"
+        self._head = b"*%d\r\n" % (4 + len(self._tail_args) + 4) + bulk(b"EVALSHA", SHA, b"1")
+        self._tail = bulk(*(part.encode() for part in self._tail_args))
+        self._tag = f"{prefix}{{{escape(name)}/"
         self.local = RateLimiter(
             [_divided(limit, expected_replicas) for limit in self.limits],
             name=f"{name} (local fallback)",
@@ -446,25 +253,29 @@ class RedisRateLimiter:
             what = f"deciding with each process's local limiter (limits divided by {expected_replicas})"
         else:
             what = "refusing every request (failure_mode='closed')"
-        self._health = _Health(
+        self._health = Health(
             self.url,
-            _secrets(url),
+            secrets(url),
             self.retry_redis_after,
             subject=f"shared rate limit state of {name!r}",
             fallback=what,
             log=_log,
         )
         self._lock = threading.Lock()
+        self._per_loop = PerLoop(self._new_async_scripts, self._lock)
         self.allowed = 0
         self.refused = 0
         self.degraded_decisions = 0
-        # Batched mode.
-        self._scale = float(expected_replicas)
-        self._fresh = 2.0 * (self.sync_interval or 0.0)
-        self._views: TTLCache[str, _View] = TTLCache(maxsize=max_keys, ttl=self._fresh or 1.0)
-        self._dirty: dict[str, _View] = {}
-        self._next_sync = 0.0
-        self._syncing = False
+        self._batched = Views(
+            self.limits,
+            interval=self.sync_interval or 0.0,
+            scale=float(expected_replicas),
+            max_keys=max_keys,
+            tag=self._tag,
+            tail_args=self._tail_args,
+            health=self._health,
+            lock=self._lock,
+        )
 
     def __repr__(self) -> str:
         limits = "; ".join(limit.name for limit in self.limits)
@@ -487,12 +298,12 @@ class RedisRateLimiter:
         """
         _check(key, cost)
         if self.sync_interval is not None:
-            batch = self._claim_batch()
+            batch = self._batched.claim()
             if batch is not None:
                 self._sync_batch(batch)
-            decision = self._from_view(key, cost, commit=True)
+            decision = self._batched.decide(key, cost, commit=True)
             if decision is not None:
-                return decision
+                return self._counted(decision, True)
         return self._remote(key, cost, "a")
 
     async def atry_acquire(self, key: str = "", cost: float = 1.0) -> Decision:
@@ -500,15 +311,15 @@ class RedisRateLimiter:
         _check(key, cost)
         asyncio = sniffio.current_async_library() == "asyncio"
         if self.sync_interval is not None:
-            batch = self._claim_batch()
+            batch = self._batched.claim()
             if batch is not None:
                 if asyncio:
                     await self._async_sync_batch(batch)
                 else:
                     await anyio.to_thread.run_sync(self._sync_batch, batch)
-            decision = self._from_view(key, cost, commit=True)
+            decision = self._batched.decide(key, cost, commit=True)
             if decision is not None:
-                return decision
+                return self._counted(decision, True)
         if not asyncio:
             return await anyio.to_thread.run_sync(self._remote, key, cost, "a")
         return await self._async_remote(key, cost, "a")
@@ -517,18 +328,18 @@ class RedisRateLimiter:
         """What :meth:`try_acquire` would answer now, without taking anything (one round trip)."""
         _check(key, cost)
         if self.sync_interval is not None:
-            decision = self._from_view(key, cost, commit=False)
+            decision = self._batched.decide(key, cost, commit=False)
             if decision is not None:
-                return decision
+                return self._counted(decision, False)
         return self._remote(key, cost, "p")
 
     async def apeek(self, key: str = "", cost: float = 1.0) -> Decision:
         """:meth:`peek` for async callers (see :meth:`atry_acquire`)."""
         _check(key, cost)
         if self.sync_interval is not None:
-            decision = self._from_view(key, cost, commit=False)
+            decision = self._batched.decide(key, cost, commit=False)
             if decision is not None:
-                return decision
+                return self._counted(decision, False)
         if sniffio.current_async_library() != "asyncio":
             return await anyio.to_thread.run_sync(self._remote, key, cost, "p")
         return await self._async_remote(key, cost, "p")
@@ -561,28 +372,28 @@ class RedisRateLimiter:
         self.local.hold_off(key, seconds)
         until = time.monotonic() + seconds
         with self._lock:
-            view = self._views.get(key)
+            view = self._batched.views.get(key)
             if view is not None:  # batched mode: this process knows at once; the others at their next sync
                 view.held = max(view.held, until)
         return True
 
     # -- one round trip ---------------------------------------------------------------------------------------
 
-    def _prepare(self, key: str, cost: float, mode: str, hold: float) -> _Call:
-        view: _View | None = None
+    def _prepare(self, key: str, cost: float, mode: str, hold: float) -> Call:
+        view: View | None = None
         carried = 0.0
         if self.sync_interval is not None and mode == "a":
             with self._lock:
-                view = self._dirty.get(key) or self._views.get(key)
+                view = self._batched.dirty.get(key) or self._batched.views.get(key)
                 if view is not None and view.pending > 0:
                     carried, view.pending = view.pending, 0.0
                     view.sent += carried
-        redis_key = f"{self._tag}{_escape(key)}}}"
+        redis_key = f"{self._tag}{escape(key)}}}"
         cost_text, carried_text, hold_text = repr(float(cost)), repr(carried), repr(float(hold))
         texts = (redis_key, mode, cost_text, carried_text, hold_text)
-        frame = b"".join((self._head, _bulk(*(text.encode() for text in texts)), self._tail))
+        frame = b"".join((self._head, bulk(*(text.encode() for text in texts)), self._tail))
         args = (mode, cost_text, carried_text, hold_text, *self._tail_args)
-        return _Call(key, redis_key, args, time.monotonic(), view, carried, frame)
+        return Call(key, redis_key, args, time.monotonic(), view, carried, frame)
 
     def _remote(self, key: str, cost: float, mode: str, *, hold: float = 0.0) -> Decision:
         health = self._health
@@ -610,18 +421,18 @@ class RedisRateLimiter:
                 return self._answered(call, reply)
         return self._without_redis(key, cost, mode)
 
-    def _failed(self, call: _Call, exc: BaseException) -> None:
+    def _failed(self, call: Call, exc: BaseException) -> None:
         if call.view is not None and call.carried:
             with self._lock:  # still to be sent, by the next call that reaches Redis
                 call.view.sent -= call.carried
                 call.view.pending += call.carried
-                self._dirty[call.key] = call.view
+                self._batched.dirty[call.key] = call.view
         self._health.failed(exc)
 
-    def _answered(self, call: _Call, reply: Sequence[Any]) -> Decision:
+    def _answered(self, call: Call, reply: Sequence[Any]) -> Decision:
         allowed, index, retry_us, remaining, reset_us, *leads = reply
         if self.sync_interval is not None and call.args[0] == "a":
-            self._refresh_view(call, [int(lead) / 1e6 for lead in leads])
+            self._batched.refresh(call, [int(lead) / 1e6 for lead in leads])
         limit = self.limits[max(int(index), 1) - 1]
         if call.args[0] == "h":
             return Decision(True, 0.0, 0, 0.0, limit)
@@ -660,178 +471,40 @@ class RedisRateLimiter:
 
     # -- batched mode -----------------------------------------------------------------------------------------
 
-    def _from_view(self, key: str, cost: float, *, commit: bool) -> Decision | None:
-        """A local decision on ``key``'s fresh view, or ``None`` when Redis must decide."""
-        now = time.monotonic()
-        with self._lock:
-            view = self._views.get(key)
-            if view is None or now - view.synced_at > self._fresh:
-                return None
-            if view.held > now:  # a hold-off: refused, nothing taken
-                decision = Decision(False, view.held - now, 0, view.held - now, self.limits[0])
-            else:
-                decided = self._gcra(view.tats, cost * self._scale, now)
-                if decided is None:
-                    return None
-                decision, new_tats = decided
-                if commit and decision.allowed:
-                    view.tats = new_tats
-                    view.pending += cost
-            if commit:
-                self._dirty[key] = view  # touched: in the next sync, to learn what the others did
-        return self._counted(decision, commit)
-
-    def _gcra(self, tats: list[float], scaled: float, now: float) -> tuple[Decision, list[float]] | None:
-        """GCRA on a view (the script's rules, on this process's clock); ``None`` when only Redis can tell."""
-        refusal: Decision | None = None
-        tightest: Decision | None = None
-        new_tats = []
-        for limit, tat in zip(self.limits, tats, strict=True):
-            interval, tolerance = limit.interval, limit.tolerance
-            eps = min(lua.EPS, interval / 1000)
-            if scaled * interval > tolerance + eps:
-                return None  # burst < replicas * cost: never decided locally
-            base = tat if tat > now else now
-            ahead = base + scaled * interval - now
-            if ahead > tolerance + eps:
-                wait = ahead - tolerance
-                if refusal is None or wait > refusal.retry_after:
-                    refusal = Decision(False, wait, 0, base - now, limit)
-                new_tats.append(tat)
-                continue
-            left = int((tolerance + eps - ahead) / interval)
-            if tightest is None or left < tightest.remaining:
-                tightest = Decision(True, 0.0, left, ahead, limit)
-            new_tats.append(base + scaled * interval)
-        decision = refusal or tightest
-        assert decision is not None
-        return decision, new_tats
-
-    def _refresh_view(self, call: _Call, leads: list[float]) -> None:
-        now = time.monotonic()
-        with self._lock:
-            view = call.view
-            if view is None:
-                view = self._dirty.get(call.key) or self._views.get(call.key)
-            if view is None:
-                view = _View([], call.started)
-            view.sent -= call.carried
-            self._set_view(call.key, view, leads, call.started, now)
-
-    def _set_view(self, key: str, view: _View, leads: list[float], started: float, now: float) -> None:
-        """``leads``: the hold-off left, then each limit's lead, in seconds, as a script replied."""
-        # Admissions made here while the round trip was in flight are not in the leads: add them back.
-        own = view.pending * self._scale
-        held, *leads = leads
-        view.held = now + held if held > 0 else 0.0
-        view.tats = [now + lead + own * limit.interval for lead, limit in zip(leads, self.limits, strict=True)]
-        view.synced_at = started
-        self._views[key] = view
-
-    def _claim_batch(self) -> _Batch | None:
-        """The sync due now, claimed by this caller (``None``: not due, already running, or nothing to send)."""
-        interval = self.sync_interval
-        assert interval is not None
-        now = time.monotonic()
-        if self._syncing or now < self._next_sync or not self._dirty:
-            return None
-        with self._lock:
-            if self._syncing or now < self._next_sync or not self._dirty:
-                return None
-            self._next_sync = now + interval
-            if not self._health.usable():
-                return None
-            self._syncing = True
-            calls = []
-            for key in list(self._dirty)[:_BATCH_MAX]:
-                view = self._dirty.pop(key)
-                carried, view.pending = view.pending, 0.0
-                view.sent += carried
-                args = ("s", "1.0", repr(carried), "0.0", *self._tail_args)
-                redis_key = f"{self._tag}{_escape(key)}}}"
-                calls.append(_Call(key, redis_key, args, now, view, carried))
-        return _Batch(calls)
-
-    def _sync_batch(self, batch: _Batch) -> None:
+    def _sync_batch(self, batch: Batch) -> None:
         """Send a claimed batch (one round trip: a pipeline of the script) and merge the answers."""
         try:
-            replies = self._pipeline(self._sync, batch.calls)
+            replies = pipeline(self._sync, batch.calls)
             if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
                 self._sync.client.script_load(lua.DECIDE)  # Redis restarted empty: load once, send again
-                replies = self._pipeline(self._sync, batch.calls)
-            self._merge(batch, replies)
+                replies = pipeline(self._sync, batch.calls)
+            self._batched.merge(batch, replies)
         except Exception as exc:
-            self._batch_failed(batch, exc)
+            self._batched.put_back(batch, exc)
         finally:
-            self._batch_failed(batch, None)  # interrupted: put everything back (nothing if done)
+            self._batched.put_back(batch, None)  # interrupted: put everything back (nothing if done)
 
-    async def _async_sync_batch(self, batch: _Batch) -> None:
+    async def _async_sync_batch(self, batch: Batch) -> None:
         try:
             with anyio.fail_after(self.timeout):
                 scripts = self._async_scripts()
-                replies = await self._apipeline(scripts, batch.calls)
+                replies = await apipeline(scripts, batch.calls)
                 if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
                     await scripts.client.script_load(lua.DECIDE)
-                    replies = await self._apipeline(scripts, batch.calls)
-            self._merge(batch, replies)
+                    replies = await apipeline(scripts, batch.calls)
+            self._batched.merge(batch, replies)
         except Exception as exc:  # cancellation is not an Exception: it leaves through the finally below
-            self._batch_failed(batch, exc)
+            self._batched.put_back(batch, exc)
         finally:
-            self._batch_failed(batch, None)  # cancelled: put everything back (nothing if done)
-
-    @staticmethod
-    def _pipeline(scripts: _Scripts, calls: list[_Call]) -> list[Any]:
-        pipe = scripts.client.pipeline(transaction=False)
-        for call in calls:
-            pipe.evalsha(scripts.decide.sha, 1, call.redis_key, *call.args)
-        return list(pipe.execute(raise_on_error=False))
-
-    @staticmethod
-    async def _apipeline(scripts: _Scripts, calls: list[_Call]) -> list[Any]:
-        pipe = scripts.client.pipeline(transaction=False)
-        for call in calls:
-            pipe.evalsha(scripts.decide.sha, 1, call.redis_key, *call.args)
-        return list(await pipe.execute(raise_on_error=False))
-
-    def _merge(self, batch: _Batch, replies: list[Any]) -> None:
-        error = next((reply for reply in replies if isinstance(reply, Exception)), None)
-        if error is not None:
-            raise error
-        now = time.monotonic()
-        with self._lock:
-            if batch.done:
-                return
-            batch.done = True
-            for call, reply in zip(batch.calls, replies, strict=True):
-                view = call.view
-                assert view is not None
-                view.sent -= call.carried
-                self._set_view(call.key, view, [int(lead) / 1e6 for lead in reply[5:]], call.started, now)
-            self._syncing = False
-        self._health.recovered()
-
-    def _batch_failed(self, batch: _Batch, exc: BaseException | None) -> None:
-        with self._lock:
-            if batch.done:
-                return
-            batch.done = True
-            for call in batch.calls:
-                view = call.view
-                assert view is not None
-                view.sent -= call.carried
-                view.pending += call.carried
-                self._dirty.setdefault(call.key, view)
-            self._syncing = False
-        if exc is not None:
-            self._health.failed(exc)
+            self._batched.put_back(batch, None)  # cancelled: put everything back (nothing if done)
 
     def flush(self) -> None:
         """Batched mode: send every admission not yet in Redis now (e.g. before the process exits)."""
         if self.sync_interval is None:
             return
         with self._lock:
-            self._next_sync = 0.0
-        batch = self._claim_batch()
+            self._batched.next_sync = 0.0
+        batch = self._batched.claim()
         if batch is not None:
             self._sync_batch(batch)
 
@@ -840,7 +513,7 @@ class RedisRateLimiter:
     def keys(self) -> Iterable[str]:
         """Keys this process holds local state for (fallback limiter and batched views); Redis holds the rest."""
         with self._lock:
-            views = list(self._views.keys())
+            views = list(self._batched.views.keys())
         return list(dict.fromkeys([*views, *self.local.keys()]))
 
     def status(self) -> dict[str, object]:
@@ -850,7 +523,7 @@ class RedisRateLimiter:
         ``failure_mode``, ``expected_replicas``, ``sync_interval``, ``degraded`` and ``degraded_decisions``.
         """
         with self._lock:
-            views = len(self._views)
+            views = len(self._batched.views)
         return {
             "name": self.name,
             "kind": "rate-limit",
@@ -884,25 +557,13 @@ class RedisRateLimiter:
         if self._async_user is not None:
             await self._async_user.aclose()
             return
-        loop = _loop_key()
-        with self._lock:
-            entry = self._async_by_loop.pop(id(loop), None)
-        if entry is not None and entry[0] is loop:
-            await entry[1].aclose()
+        scripts = self._per_loop.pop()
+        if scripts is not None:
+            await scripts.aclose()
 
-    def _async_scripts(self) -> _Scripts:
-        if self._async_user is not None:
-            return self._async_user
-        loop = _loop_key()
-        entry = self._async_by_loop.get(id(loop))
-        if entry is not None and entry[0] is loop:
-            return entry[1]
-        with self._lock:
-            for ident, (other, _) in list(self._async_by_loop.items()):
-                is_closed = getattr(other, "is_closed", None)
-                if other is not loop and callable(is_closed) and is_closed():
-                    del self._async_by_loop[ident]
-            pool = _pool(redis.asyncio.ConnectionPool, self._url, self.url, self._async_kwargs)
-            scripts = _Scripts(redis.asyncio.Redis.from_pool(pool), owned=True)
-            self._async_by_loop[id(loop)] = (loop, scripts)
-        return scripts
+    def _async_scripts(self) -> Scripts:
+        return self._async_user if self._async_user is not None else self._per_loop.get()
+
+    def _new_async_scripts(self) -> Scripts:
+        pool = connection_pool(redis.asyncio.ConnectionPool, self._url, self.url, self._async_kwargs)
+        return Scripts(redis.asyncio.Redis.from_pool(pool), owned=True)
