@@ -503,11 +503,11 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
             started.set()
             return super().wait(timeout)
 
-    class ObservedWaiter(ratelimit_module._SyncWaiter):
+    class ObservedWaiter(ratelimit_module.SyncWaiter):
         def __init__(self) -> None:
             self.event = ObservedEvent()
 
-    monkeypatch.setattr(ratelimit_module, "_SyncWaiter", ObservedWaiter)
+    monkeypatch.setattr(ratelimit_module, "SyncWaiter", ObservedWaiter)
     return started
 
 

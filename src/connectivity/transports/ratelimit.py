@@ -41,8 +41,6 @@ hold-off). The limiter is registered with the status app under ``"limiters"``.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
 import math
 import threading
@@ -62,6 +60,7 @@ from connectivity.telemetry import events, semconv
 from connectivity.telemetry.redaction import DEFAULT_REDACTION
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports._ratelimit_fields import THROTTLE_STATUSES, hold_off_seconds
+from connectivity.transports._ratelimit_queue import AsyncWaiter, Queues, SyncWaiter, Ticket
 
 __all__ = ["EXTENSION", "HOLD_OFF", "ROUTE_EXTENSION", "THROTTLE_STATUSES", "RateLimitTransport"]
 
@@ -93,58 +92,6 @@ def _register(limiter: Any) -> None:
 
 def _host(request: httpx.Request) -> str:
     return request.url.netloc.decode("ascii")
-
-
-# -- waiting in line ------------------------------------------------------------------------------------------
-class _SyncWaiter:
-    """A thread waiting for its turn: woken through a threading.Event, from any thread."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def wake(self) -> None:
-        self.event.set()
-
-
-class _AsyncWaiter:
-    """A task waiting for its turn: it sleeps out its budget in a cancel scope that a wake-up cancels.
-
-    The scope exists before the ticket is queued, so a wake-up that comes before the wait begins is not lost (a
-    scope cancelled before it is entered cancels its body at once).
-    """
-
-    __slots__ = ("scope", "thread", "token")
-
-    def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
-        self.thread = threading.get_ident()
-        self.token = anyio.lowlevel.current_token()
-
-    def wake(self) -> None:
-        if threading.get_ident() == self.thread:
-            self.scope.cancel()
-            return
-        # Woken from another thread (a sync client, another loop): anyio objects are not thread-safe.
-        token = self.token
-        with contextlib.suppress(RuntimeError):  # the waiter's loop is gone, and the waiter with it
-            token.backend_class.run_sync_soon(self.scope.cancel, (), token.native_token)
-
-
-class _Ticket:
-    """A place in a key's queue. ``head`` is set (under the transport's lock) when it reaches the front."""
-
-    __slots__ = ("cost", "head", "waiter")
-
-    def __init__(self, waiter: _SyncWaiter | _AsyncWaiter, cost: float) -> None:
-        self.waiter = waiter
-        self.cost = cost
-        self.head = False
-
-    def at_front(self) -> bool:
-        # A method, not the attribute: another thread or task sets ``head`` while this one waits.
-        return self.head
 
 
 class RateLimitTransport(Layer):
@@ -224,7 +171,7 @@ class RateLimitTransport(Layer):
         self._adapt = adapt
         self._remote = bool(getattr(limiter, "remote", False))
         self._lock = threading.Lock()
-        self._queues: dict[str, collections.deque[_Ticket]] = {}
+        self._queues = Queues()
         self._holds: dict[str, float] = {}  # host:port -> clock time until which nothing is sent there
         _register(limiter)
 
@@ -236,8 +183,8 @@ class RateLimitTransport(Layer):
     def describe(self) -> dict[str, object]:
         """What the status app shows for this layer: configuration, callers waiting, hosts held off."""
         now = self._clock.now()
+        waiting = self._queues.waiting()
         with self._lock:
-            waiting = sum(len(queue) for queue in self._queues.values())
             held = {host: round(until - now, 3) for host, until in self._holds.items() if until > now}
         return {
             "limiter": getattr(self._limiter, "name", type(self._limiter).__name__),
@@ -317,39 +264,6 @@ class RateLimitTransport(Layer):
         # The wait was expected to fit; the queue moved slower (a hold-off, another user of a shared limiter).
         return self._refused(request, limit, estimate, f"still queued behind other calls when {bound} ran out")
 
-    # -- the queue ---------------------------------------------------------------------------------------------
-    def _ahead(self, key: str) -> float:
-        """The cost already queued for ``key``."""
-        if not self._queues:
-            return 0.0
-        with self._lock:
-            queue = self._queues.get(key)
-            return sum(ticket.cost for ticket in queue) if queue else 0.0
-
-    def _enqueue(self, key: str, ticket: _Ticket) -> None:
-        with self._lock:
-            queue = self._queues.setdefault(key, collections.deque())
-            ticket.head = not queue
-            queue.append(ticket)
-
-    def _dequeue(self, key: str, ticket: _Ticket) -> None:
-        """Leave the queue (served, refused or cancelled); if ``ticket`` was the head, the next one is."""
-        successor: _Ticket | None = None
-        with self._lock:
-            queue = self._queues.get(key)
-            if queue is None:
-                return
-            was_head = bool(queue) and queue[0] is ticket
-            with contextlib.suppress(ValueError):
-                queue.remove(ticket)
-            if not queue:
-                del self._queues[key]
-            elif was_head:
-                successor = queue[0]
-                successor.head = True
-        if successor is not None:
-            successor.waiter.wake()
-
     # -- cooperative throttling --------------------------------------------------------------------------------
     def _hold_for(self, response: httpx.Response) -> float | None:
         try:
@@ -418,7 +332,7 @@ class RateLimitTransport(Layer):
                     request, decision.limit.name, decision.retry_after, f"retry in {decision.retry_after:.3g} s"
                 )
             return
-        ahead = self._ahead(key)
+        ahead = self._queues.ahead(key)
         if not ahead and hold <= 0:
             decision = limiter.try_acquire(key, cost)
             if decision.allowed:
@@ -434,15 +348,15 @@ class RateLimitTransport(Layer):
         events.emit(events.RATE_LIMIT_WAIT, {semconv.CONNECTIVITY_REASON: limit, semconv.CONNECTIVITY_DELAY: wait})
         clock = self._clock
         give_up_at = clock.now() + budget
-        waiter = _SyncWaiter()
-        ticket = _Ticket(waiter, cost)
-        self._enqueue(key, ticket)
+        waiter = SyncWaiter()
+        ticket = Ticket(waiter, cost)
+        self._queues.enqueue(key, ticket)
         try:
             while True:
                 if not ticket.at_front():
                     waiter.event.wait(max(0.0, give_up_at - clock.now()))
                     if not ticket.at_front():
-                        estimate = max(limiter.peek(key, self._ahead(key)).retry_after, self._held(host))
+                        estimate = max(limiter.peek(key, self._queues.ahead(key)).retry_after, self._held(host))
                         raise self._still_queued(request, limit, estimate, bound)
                     continue
                 hold = self._held(host)
@@ -457,7 +371,7 @@ class RateLimitTransport(Layer):
                     raise self._too_long(request, limit, delay, budget, bound)
                 clock.sleep(max(delay, _MIN_SLEEP))
         finally:
-            self._dequeue(key, ticket)
+            self._queues.dequeue(key, ticket)
 
     async def _try(self, key: str, cost: float) -> Any:
         if self._remote:
@@ -485,7 +399,7 @@ class RateLimitTransport(Layer):
                     request, decision.limit.name, decision.retry_after, f"retry in {decision.retry_after:.3g} s"
                 )
             return
-        ahead = self._ahead(key)
+        ahead = self._queues.ahead(key)
         if not ahead and hold <= 0:
             decision = await self._try(key, cost)
             if decision.allowed:
@@ -501,16 +415,18 @@ class RateLimitTransport(Layer):
         events.emit(events.RATE_LIMIT_WAIT, {semconv.CONNECTIVITY_REASON: limit, semconv.CONNECTIVITY_DELAY: wait})
         clock = self._clock
         give_up_at = clock.now() + budget
-        waiter = _AsyncWaiter()
-        ticket = _Ticket(waiter, cost)
-        self._enqueue(key, ticket)
+        waiter = AsyncWaiter()
+        ticket = Ticket(waiter, cost)
+        self._queues.enqueue(key, ticket)
         try:
             while True:
                 if not ticket.at_front():
                     with waiter.scope:
                         await clock.asleep(max(0.0, give_up_at - clock.now()))
                     if not ticket.at_front():
-                        estimate = max((await self._peek(key, self._ahead(key))).retry_after, self._held(host))
+                        estimate = max(
+                            (await self._peek(key, self._queues.ahead(key))).retry_after, self._held(host)
+                        )
                         raise self._still_queued(request, limit, estimate, bound)
                     continue
                 hold = self._held(host)
@@ -525,7 +441,7 @@ class RateLimitTransport(Layer):
                     raise self._too_long(request, limit, delay, budget, bound)
                 await clock.asleep(max(delay, _MIN_SLEEP))
         finally:
-            self._dequeue(key, ticket)
+            self._queues.dequeue(key, ticket)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._sync or self._sync_inner()

@@ -1,0 +1,119 @@
+"""The wait line of :class:`~connectivity.transports.RateLimitTransport` (``mode="wait"``): callers of one key are
+served first come, first served.
+
+Theory of operation: a caller that cannot be admitted at once takes a :class:`Ticket` in its key's queue and waits
+until its ticket is at the front and the limiter admits it (or its wait budget runs out). Leaving the queue
+(served, refused or cancelled) hands the front to the next ticket and wakes its waiter: a thread through a
+:class:`threading.Event`, a task by cancelling the cancel scope it sleeps in (from any thread, through its event
+loop's token).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+
+import anyio
+import anyio.lowlevel
+
+__all__ = ["AsyncWaiter", "Queues", "SyncWaiter", "Ticket"]
+
+
+class SyncWaiter:
+    """A thread waiting for its turn: woken through a threading.Event, from any thread."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+class AsyncWaiter:
+    """A task waiting for its turn: it sleeps out its budget in a cancel scope that a wake-up cancels.
+
+    The scope exists before the ticket is queued, so a wake-up that comes before the wait begins is not lost (a
+    scope cancelled before it is entered cancels its body at once).
+    """
+
+    __slots__ = ("scope", "thread", "token")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.thread = threading.get_ident()
+        self.token = anyio.lowlevel.current_token()
+
+    def wake(self) -> None:
+        if threading.get_ident() == self.thread:
+            self.scope.cancel()
+            return
+        # Woken from another thread (a sync client, another loop): anyio objects are not thread-safe.
+        token = self.token
+        with contextlib.suppress(RuntimeError):  # the waiter's loop is gone, and the waiter with it
+            token.backend_class.run_sync_soon(self.scope.cancel, (), token.native_token)
+
+
+class Ticket:
+    """A place in a key's queue. ``head`` is set (under the queues' lock) when it reaches the front."""
+
+    __slots__ = ("cost", "head", "waiter")
+
+    def __init__(self, waiter: SyncWaiter | AsyncWaiter, cost: float) -> None:
+        self.waiter = waiter
+        self.cost = cost
+        self.head = False
+
+    def at_front(self) -> bool:
+        # A method, not the attribute: another thread or task sets ``head`` while this one waits.
+        return self.head
+
+
+class Queues:
+    """Every key's line of tickets; thread-safe."""
+
+    __slots__ = ("_lock", "_queues")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, collections.deque[Ticket]] = {}
+
+    def waiting(self) -> int:
+        """Tickets in every line."""
+        with self._lock:
+            return sum(len(queue) for queue in self._queues.values())
+
+    def ahead(self, key: str) -> float:
+        """The cost already queued for ``key``."""
+        if not self._queues:
+            return 0.0
+        with self._lock:
+            queue = self._queues.get(key)
+            return sum(ticket.cost for ticket in queue) if queue else 0.0
+
+    def enqueue(self, key: str, ticket: Ticket) -> None:
+        """Join ``key``'s line (at the front when it is empty)."""
+        with self._lock:
+            queue = self._queues.setdefault(key, collections.deque())
+            ticket.head = not queue
+            queue.append(ticket)
+
+    def dequeue(self, key: str, ticket: Ticket) -> None:
+        """Leave the line (served, refused or cancelled); if ``ticket`` was the head, wake the next one."""
+        successor: Ticket | None = None
+        with self._lock:
+            queue = self._queues.get(key)
+            if queue is None:
+                return
+            was_head = bool(queue) and queue[0] is ticket
+            with contextlib.suppress(ValueError):
+                queue.remove(ticket)
+            if not queue:
+                del self._queues[key]
+            elif was_head:
+                successor = queue[0]
+                successor.head = True
+        if successor is not None:
+            successor.waiter.wake()
