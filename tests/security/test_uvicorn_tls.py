@@ -69,11 +69,15 @@ def tls_server(pki: Any) -> Iterator[Callable[..., RunningServer[Any]]]:
     with contextlib.ExitStack() as stack:
 
         def start(
-            app: Any = None, *, verify: ssl.VerifyMode = ssl.CERT_REQUIRED, **options: Any
+            app: Any = None,
+            *,
+            verify: ssl.VerifyMode = ssl.CERT_REQUIRED,
+            protocol: Any = TLSH11Protocol,
+            **options: Any,
         ) -> RunningServer[Any]:
             app = app or PeerIdentityMiddleware(Echo(), **options)
             context = _server_context(pki, verify)
-            return stack.enter_context(serve(app, name="tls", ssl_context=context, http_protocol=TLSH11Protocol))
+            return stack.enter_context(serve(app, name="tls", ssl_context=context, http_protocol=protocol))
 
         yield start
 
@@ -90,6 +94,18 @@ def test_the_app_sees_the_client_spiffe_id(pki: Any, tls_server: Any) -> None:
     body = response.json()
     assert body["peer_id"] == CLIENT_ID
     assert body["source"] == "tls"
+
+
+def test_the_httptools_protocol_gives_the_same_identity_and_extension(pki: Any, tls_server: Any) -> None:
+    pytest.importorskip("httptools")
+    server = tls_server(require=True, protocol=tls_uvicorn.TLSHttpToolsProtocol)
+    with _client(pki) as client:
+        first = client.get(server.url + "/").json()
+        second = client.get(server.url + "/").json()  # the same connection: a fresh extension again
+    assert (first["peer_id"], first["source"]) == (CLIENT_ID, "tls")
+    assert first["tls"]["client_cert_name"] == second["tls"]["client_cert_name"] == "CN=client"
+    assert _der(pki.client.cert) == ssl.PEM_cert_to_DER_cert(first["tls"]["client_cert_chain"][0])
+    assert server.connections_opened == 1
 
 
 def test_the_extension_follows_the_asgi_spec(pki: Any, tls_server: Any) -> None:
