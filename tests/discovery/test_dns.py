@@ -59,6 +59,12 @@ def test_kind_auto_picks_srv_for_service_names() -> None:
     assert DNS("Orders.Test", port=80, nameservers=["[::1]:5353"]).source == "dns:orders.test"
 
 
+def test_the_repr_shows_what_is_looked_up() -> None:
+    assert repr(DNS("Orders.Internal", port=8080)) == "DNS('orders.internal', kind='auto', port=8080)"
+    assert repr(DNS("orders.internal", kind="AAAA", port=80)) == "DNS('orders.internal', kind='AAAA', port=80)"
+    assert repr(DNS("_http._tcp.orders.internal")) == "DNS('_http._tcp.orders.internal', kind='SRV')"
+
+
 def test_without_dnspython_the_error_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "dns.resolver", None)
     with pytest.raises(BackendUnavailableError, match=r"connectivity-sdk\[dns\]") as caught:

@@ -169,6 +169,11 @@ class DNS(Resolver):
         )
         self._cache_lock = threading.Lock()  # cachetools caches are not thread-safe; sync refreshes may overlap
 
+    def __repr__(self) -> str:
+        kind = "SRV" if self._srv else self.kind
+        port = "" if self.port is None else f", port={self.port}"
+        return f"DNS({self.name!r}, kind={kind!r}{port})"
+
     def _resolver(self, factory: Any, servers: list[tuple[str, int]] | None) -> Any:
         try:
             resolver = factory(configure=servers is None)
