@@ -1,5 +1,5 @@
-"""``python -m bench [overhead|breaker|ratelimit|inbound|auth|e2e|tracing|instructions|backends|balancing|all]``;
-JSON: bench/results/."""
+"""``python -m bench [overhead|breaker|ratelimit|inbound|auth|e2e|tracing|instructions|backends|balancing|mirror
+|all]``; JSON: bench/results/."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import auth, backends, balancing, breaker, e2e, inbound, instructions, overhead, ratelimit, tracing
+from bench import (
+    auth,
+    backends,
+    balancing,
+    breaker,
+    e2e,
+    inbound,
+    instructions,
+    mirror,
+    overhead,
+    ratelimit,
+    tracing,
+)
 
 _BENCHMARKS = (
     "overhead",
@@ -22,6 +34,7 @@ _BENCHMARKS = (
     "instructions",
     "backends",
     "balancing",
+    "mirror",
 )
 
 
@@ -46,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         "--count",
         type=int,
         help="override calls (overhead) / requests (e2e, inbound) per round, requests per segment (instructions), "
-        "requests per concurrency per round (backends; half at c=1)",
+        "requests per concurrency per round (backends; half at c=1), request pairs per mode per round (mirror)",
     )
     parser.add_argument("--no-trio", action="store_true", help="skip the trio measurements")
     parser.add_argument(
@@ -121,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 balancing.run(
                     quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir
                 )
+            )
+        elif name == "mirror":
+            results.append(
+                mirror.run(quick=args.quick, rounds=args.rounds, requests=args.count, results_dir=args.results_dir)
             )
         elif name == "backends":
             results.append(
