@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from connectivity.middleware import authorization
+from connectivity.middleware import _hop, authorization
 from connectivity.middleware.authorization import DECISION_KEY, AuthorizationMiddleware
 from connectivity.security import Authorizer, Peer, Principal, RequestFacts, SpiffeId
 from connectivity.security.identity import CLAIMS_KEY, PEER_KEY, PRINCIPAL_KEY
@@ -109,3 +109,76 @@ async def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         await decide(middleware, scope_of("GET", f"/orders/{index}", PEERS[1], None))
     assert middleware._memo is not None
     assert 0 < len(middleware._memo) <= 8
+
+
+class _SubPrincipal(Principal):
+    __slots__ = ()
+
+
+class _SubPeer(Peer):
+    __slots__ = ()
+
+
+@pytest.mark.anyio
+async def test_subclassed_identities_are_not_remembered_as_anonymous() -> None:
+    """A Principal or Peer subclass is decided afresh; its decision never answers a request without one."""
+    policies = [
+        {"name": "signed-in", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]},
+        {"name": "mesh", "rules": [{"from": [{"source": {"principals": ["spiffe://shop.test/*"]}}]}]},
+    ]
+    middleware = AuthorizationMiddleware(lambda *args: None, policies=policies)  # type: ignore[arg-type, return-value]
+    principal = _SubPrincipal("alice", "jwt", claims={"iss": "https://idp"})
+    peer = _SubPeer(SpiffeId.parse("spiffe://shop.test/ns/shop/sa/checkout"))
+    for _ in range(2):
+        assert await decide(middleware, scope_of("GET", "/orders", None, principal)) is True
+        assert await decide(middleware, scope_of("GET", "/orders", peer, None)) is True
+        assert await decide(middleware, scope_of("GET", "/orders", None, None)) is False
+    assert middleware._memo is not None
+    assert len(middleware._memo) == 1  # only the request without identities
+
+
+@pytest.mark.anyio
+async def test_the_issuer_comes_from_the_claims_in_the_scope() -> None:
+    middleware = AuthorizationMiddleware(lambda *args: None, policies=POLICIES)  # type: ignore[arg-type, return-value]
+    principal = Principal("alice", "jwt", claims={"iss": "https://elsewhere"})
+    vouched = scope_of("GET", "/orders", None, principal)
+    vouched[CLAIMS_KEY] = {"iss": "https://idp"}
+    for _ in range(2):
+        assert await decide(middleware, vouched | {}) is True
+        assert await decide(middleware, scope_of("GET", "/orders", None, principal)) is False
+
+
+@pytest.mark.anyio
+async def test_identities_of_unexpected_types_are_ignored_as_without_memo() -> None:
+    middleware = AuthorizationMiddleware(lambda *args: None, policies=POLICIES)  # type: ignore[arg-type, return-value]
+    odd: dict[str, Any] = {"type": "http", "method": "GET", "path": "/orders", "headers": []}
+    odd[PRINCIPAL_KEY], odd[PEER_KEY] = "alice", "spiffe://shop.test/ns/shop/sa/checkout"
+    for _ in range(2):
+        assert await decide(middleware, odd | {}) is False
+    odd_id = scope_of("GET", "/orders", None, Principal(7, "jwt", claims={"iss": "https://idp"}))  # type: ignore[arg-type]
+    assert await decide(middleware, odd_id) is False
+    assert middleware._memo is not None
+    assert len(middleware._memo) == 1
+
+
+@pytest.mark.anyio
+async def test_the_wrapped_app_can_be_replaced_and_is_called_directly() -> None:
+    calls: list[str] = []
+
+    class App:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            calls.append("instance")
+
+    async def function_app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append("function")
+
+    instance = App()
+    middleware = AuthorizationMiddleware(instance, policies=[])  # type: ignore[arg-type]
+    assert middleware.app is instance
+    assert _hop.fast_call(instance) == instance.__call__  # the bound method: no generic instance call per hop
+    assert _hop.fast_call(function_app) is function_app
+    await middleware({"type": "http", "method": "GET", "path": "/", "headers": []}, None, None)  # type: ignore[arg-type]
+    middleware.app = function_app  # type: ignore[assignment]
+    assert middleware.app is function_app
+    await middleware({"type": "http", "method": "GET", "path": "/", "headers": []}, None, None)  # type: ignore[arg-type]
+    assert calls == ["instance", "function"]

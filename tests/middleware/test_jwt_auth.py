@@ -401,6 +401,42 @@ async def test_principal_lands_in_the_scope_of_the_inner_app(
     assert seen[CLAIMS_KEY]["sub"] == "alice"
 
 
+@pytest.mark.anyio
+async def test_the_bearer_scheme_is_matched_case_insensitively(
+    http_scope: Callable[..., dict[str, Any]],
+    asgi_call: Callable[[Any, dict[str, Any]], Awaitable[list[dict[str, Any]]]],
+    clock: FakeClock,
+) -> None:
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope.get(PRINCIPAL_KEY))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    secret = b"0123456789abcdef0123456789abcdef"
+    verifier = JWTVerifier(keys=VerificationKey.from_secret(secret), audience=AUDIENCE, clock=clock)
+    middleware = JWTAuthMiddleware(app, verifier=verifier)
+    token = sign(claims(clock), secret, "HS256", None).encode()
+    other = sign(claims(clock, sub="bob"), secret, "HS256", None).encode()
+
+    async def status(*values: bytes) -> int:
+        sent = await asgi_call(middleware, http_scope(headers=[(b"authorization", value) for value in values]))
+        return int(sent[0]["status"])
+
+    for scheme in (b"Bearer ", b"bearer ", b"BEARER ", b"Bearer   "):
+        seen.clear()
+        assert await status(scheme + token) == 204, scheme
+        assert [principal.id for principal in seen] == ["alice"]
+    for value in (b"Bearer" + token, b"Basic YWxhZGRpbjpvcGVuc2VzYW1l", b"Bear " + token):
+        seen.clear()
+        assert await status(value) == 204, value  # not a bearer token: anonymous
+        assert seen == [None]
+    assert await status(b"Bearer ") == 401  # the scheme without a token
+    assert await status(b"Bearer " + token, b"bEaReR " + token) == 204  # the same token twice is one token
+    assert await status(b"Bearer " + token, b"bearer " + other) == 400
+
+
 class _BrokenVerifier(JWTVerifier):
     async def verify(self, token: str | bytes) -> Principal:
         raise RuntimeError("a bug")

@@ -9,9 +9,11 @@ body. DENY policies are evaluated first, then ALLOW ones; once any ALLOW policy 
 none is denied.
 
 Decisions are pure functions of what they read, so the middleware remembers the last few thousand by that input
-(method, raw path, peer, principal, the JWT's issuer, anonymity): a repeated request costs a tuple and a dict
-lookup instead of building the request's facts and running every policy. Policies whose conditions read JWT claims
-(``request.auth.claims[...]``) are evaluated every time.
+(method, raw path, peer, the principal's id, method, scopes and groups, the JWT's issuer, anonymity): a repeated
+request costs a flat tuple and a dict lookup instead of building the request's facts and running every policy.
+Policies whose conditions read JWT claims (``request.auth.claims[...]``) are evaluated every time, and so are
+requests carrying identities of unexpected types (subclasses included). The middleware wraps neither ``receive``
+nor ``send`` and writes one scope key: an allowed request costs one extra ASGI hop.
 
 The body says ``access denied`` and nothing else unless ``expose_policy=True``, which adds the deciding policy's
 name (never its contents). A decision that fails for an unexpected reason is a denial, logged: authorization
@@ -27,6 +29,7 @@ from typing import Any
 
 from connectivity.errors import ConfigError
 from connectivity.middleware._asgi import ASGIApp, Receive, Scope, Send, require_app, target_path
+from connectivity.middleware._hop import Hop
 from connectivity.security.apikeys import ANONYMOUS_KEY
 from connectivity.security.authz import Authorizer, Decision, Policy, RequestFacts
 from connectivity.security.identity import CLAIMS_KEY, PEER_KEY, PRINCIPAL_KEY, Peer, Principal
@@ -39,6 +42,7 @@ DECISION_KEY = "connectivity.authz"
 _log = logging.getLogger("connectivity.security")
 _ERROR = Decision(False, None, "the decision failed")
 _MEMO_SIZE = 4096
+_AUTHORIZED = ("http", "websocket")
 
 
 def _reads_claims(authorizer: Authorizer) -> bool:
@@ -51,25 +55,38 @@ def _reads_claims(authorizer: Authorizer) -> bool:
 
 
 def _memo_key(scope: Scope) -> tuple[Any, ...] | None:
-    """What a decision depends on (as :meth:`RequestFacts.from_scope` reads it), or ``None`` when unusual."""
-    principal = scope.get(PRINCIPAL_KEY)
-    peer = scope.get(PEER_KEY)
-    issuer = None
-    if type(principal) is Principal:
-        if principal.method == "jwt":
-            claims = scope.get(CLAIMS_KEY)
-            if not isinstance(claims, Mapping):
-                claims = principal.claims
-            issuer = claims.get("iss")
-            if issuer is not None and type(issuer) is not str:
-                return None
-    elif principal is not None:
-        principal = None
+    """What a decision depends on (as :meth:`RequestFacts.from_scope` reads it), or ``None`` when unusual.
+
+    The principal enters by the fields a decision reads (id, method, scopes, groups, and a JWT's issuer) rather
+    than as an object, so that the key hashes without a Python-level ``__hash__``. Subclasses of
+    :class:`Principal` or :class:`Peer` (which may compare or hash differently) and methods, paths or ids that are
+    not strings are not remembered: such a request is decided afresh, exactly as without the memo.
+    """
     method, path = scope.get("method"), scope.get("path")
-    if type(method) is not str or type(path) is not str:
+    if method.__class__ is not str or path.__class__ is not str:
         return None
+    peer, principal = scope.get(PEER_KEY), scope.get(PRINCIPAL_KEY)
+    if peer is not None and peer.__class__ is not Peer:
+        if isinstance(peer, Peer):
+            return None
+        peer = None  # not a peer: RequestFacts ignores it
     anonymous = scope.get(ANONYMOUS_KEY) is True
-    return (method, path, peer if type(peer) is Peer else None, principal, issuer, anonymous)
+    if principal.__class__ is Principal:
+        ident, kind, issuer = principal.id, principal.method, None
+        if ident.__class__ is not str:
+            return None
+        if kind == "jwt":
+            claims = principal.claims
+            given = scope.get(CLAIMS_KEY)
+            if given is not claims and isinstance(given, Mapping):  # the JWT middleware stores principal.claims
+                claims = given
+            issuer = claims.get("iss")
+            if issuer is not None and issuer.__class__ is not str:
+                return None
+        return (method, path, peer, ident, kind, principal.scopes, principal.groups, issuer, anonymous)
+    if isinstance(principal, Principal):
+        return None
+    return (method, path, peer, None, None, None, None, None, anonymous)  # no principal (or not one)
 
 
 def _forbidden(policy: str | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -90,7 +107,7 @@ def _forbidden(policy: str | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
     return headers, body
 
 
-class AuthorizationMiddleware:
+class AuthorizationMiddleware(Hop):
     """Allow or deny inbound requests by policy: DENY first, then ALLOW, default deny once ALLOW policies exist.
 
     Args:
@@ -111,7 +128,7 @@ class AuthorizationMiddleware:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_answers", "_memo", "app", "authorizer", "expose_policy")
+    __slots__ = ("_answers", "_app", "_call", "_memo", "authorizer", "expose_policy")
 
     def __init__(
         self,
@@ -134,19 +151,15 @@ class AuthorizationMiddleware:
     def __repr__(self) -> str:
         return f"AuthorizationMiddleware(policies={[p.name for p in self.authorizer.policies]!r})"
 
-    def _decide(self, scope: Scope) -> Decision:
+    def _decide(self, scope: Scope, key: tuple[Any, ...] | None) -> Decision:
+        """The decision for a request the memo did not answer; remembered under ``key`` unless it is ``None``."""
+        decision = self.authorizer.decide(RequestFacts.from_scope(scope))
         memo = self._memo
-        if memo is not None:
-            key = _memo_key(scope)
-            if key is not None:
-                decision = memo.get(key)
-                if decision is None:
-                    decision = self.authorizer.decide(RequestFacts.from_scope(scope))
-                    if len(memo) >= _MEMO_SIZE:
-                        memo.clear()
-                    memo[key] = decision
-                return decision
-        return self.authorizer.decide(RequestFacts.from_scope(scope))
+        if memo is not None and key is not None:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            memo[key] = decision
+        return decision
 
     async def _deny(self, scope: Scope, send: Send, decision: Decision) -> None:
         _log.debug("request denied: %s (%s %s)", decision.reason, scope.get("method", "GET"), target_path(scope))
@@ -158,16 +171,22 @@ class AuthorizationMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
+        if scope["type"] not in _AUTHORIZED:
+            await self._call(scope, receive, send)
             return
         try:
-            decision = self._decide(scope)
+            memo, key, decision = self._memo, None, None
+            if memo is not None:
+                key = _memo_key(scope)
+                if key is not None:
+                    decision = memo.get(key)
+            if decision is None:
+                decision = self._decide(scope, key)
         except Exception:  # a bug or a scope no server builds: deny, never a 500
             _log.warning("authorization failed: request denied", exc_info=True)
             decision = _ERROR
         scope[DECISION_KEY] = decision
-        if not decision.allowed:
-            await self._deny(scope, send, decision)
+        if decision.allowed:
+            await self._call(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await self._deny(scope, send, decision)

@@ -12,9 +12,11 @@ Bearer``, then a configured header, a cookie, and the query string only if enabl
   :class:`~connectivity.security.identity.Principal` with ``method="jwt"``);
 * finds several different tokens: ``400`` with ``error="invalid_request"`` (RFC 6750 section 3.1).
 
-A token seen before costs a hash and a cache lookup (see the verifier). WebSocket handshakes are authenticated the
-same way; a refused one is closed with code 1008 (the server answers the handshake with 403). Lifespan and other
-scopes pass straight through, as do the excluded paths.
+A token seen before costs one pass over the raw header list (the configured header, cookie and query parameter
+are looked at only when configured), a hash and a cache lookup (see the verifier) and two scope writes; ``receive``
+and ``send`` are passed on unwrapped, so the response costs nothing extra. WebSocket handshakes are authenticated
+the same way; a refused one is closed with code 1008 (the server answers the handshake with 403). Lifespan and
+other scopes pass straight through, as do the excluded paths.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from urllib.parse import parse_qsl
 
 from connectivity.errors import AuthenticationError, ConfigError
 from connectivity.middleware._asgi import ASGIApp, Receive, Scope, Send, require_app
+from connectivity.middleware._hop import Hop
 from connectivity.security.identity import CLAIMS_KEY, PRINCIPAL_KEY
 from connectivity.security.jwks import JWKS, VerificationKey
 from connectivity.security.jwt import JWTVerifier
@@ -43,7 +46,7 @@ _SEVERAL = "more than one bearer token"
 _UNEXPECTED = "token could not be verified"
 
 
-class JWTAuthMiddleware:
+class JWTAuthMiddleware(Hop):
     """Authenticate inbound requests by JWT bearer token.
 
     Args:
@@ -70,9 +73,13 @@ class JWTAuthMiddleware:
     """
 
     __slots__ = (
+        "_app",
         "_cached",
+        "_call",
         "_cookie",
+        "_elsewhere",
         "_exact",
+        "_excluding",
         "_header",
         "_invalid_request",
         "_invalid_token",
@@ -80,7 +87,6 @@ class JWTAuthMiddleware:
         "_names",
         "_prefixes",
         "_query",
-        "app",
         "exclude_paths",
         "realm",
         "required",
@@ -131,6 +137,8 @@ class JWTAuthMiddleware:
         self.exclude_paths = _paths(exclude_paths)
         self._exact = frozenset(path for path in self.exclude_paths if not path.endswith("/"))
         self._prefixes = tuple(path for path in self.exclude_paths if path.endswith("/"))
+        self._excluding = bool(self.exclude_paths)
+        self._elsewhere = bool(self._names) or self._query is not None
         if realm is not None and (not isinstance(realm, str) or not _QUOTABLE.fullmatch(realm) or '"' in realm):
             raise ConfigError("JWTAuthMiddleware.realm", realm, "must be printable ASCII without double quotes")
         self.realm = realm
@@ -147,12 +155,12 @@ class JWTAuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)
+            await self._call(scope, receive, send)
             return
-        if self._exact or self._prefixes:
+        if self._excluding:
             path = str(scope.get("path", ""))
             if path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes)):
-                await self.app(scope, receive, send)
+                await self._call(scope, receive, send)
                 return
         try:
             token = self._token(scope)
@@ -163,7 +171,7 @@ class JWTAuthMiddleware:
             if self.required:
                 await self._refuse(kind, send, 401, self._missing, _MISSING)
                 return
-            await self.app(scope, receive, send)
+            await self._call(scope, receive, send)
             return
         try:
             principal = self._cached(token) or await self.verifier.verify(token)
@@ -176,7 +184,7 @@ class JWTAuthMiddleware:
             return
         scope[CLAIMS_KEY] = principal.claims
         scope[PRINCIPAL_KEY] = principal
-        await self.app(scope, receive, send)
+        await self._call(scope, receive, send)
 
     def _token(self, scope: Scope) -> bytes | None:
         """The one token the request carries, ``None`` for none.
@@ -186,31 +194,38 @@ class JWTAuthMiddleware:
         """
         found: bytes | None = None
         several = False
-        names = self._names  # the header names worth a look besides Authorization (usually none)
-        for name, value in scope.get("headers") or ():
-            if name == b"authorization":
-                if value[:6].lower() != b"bearer" or value[6:7] not in (b" ", b""):
-                    continue  # another scheme (Basic, ...): not ours
-                candidate: bytes | None = value[7:].strip()
-            elif names and name in names:
-                candidate = value.strip() if name == self._header else _cookie(value, self._cookie or b"")
-                if candidate is None:
-                    continue
-            else:
-                continue
-            if found is not None and candidate != found:
-                several = True
-            found = candidate
-        if self._query is not None and scope.get("query_string"):
-            query = scope["query_string"].decode("latin-1")
-            for name, value in parse_qsl(query, keep_blank_values=True):
-                if name == self._query:
-                    candidate = value.encode("latin-1", "replace")
-                    several = several or (found is not None and candidate != found)
-                    found = candidate
+        for name, value in scope.get("headers") or ():  # a tight loop: most requests carry only this header
+            if name == b"authorization" and (
+                value.startswith(b"Bearer ") or (value[:6].lower() == b"bearer" and value[6:7] in (b" ", b""))
+            ):  # the scheme is case-insensitive; "Bearer " is what clients send. Other schemes are not ours
+                candidate = value[7:].strip()
+                several = several or (found is not None and candidate != found)
+                found = candidate
+        if self._elsewhere:
+            found, several = self._other_places(scope, found, several)
         if several:
             raise AuthenticationError(_SEVERAL, error="invalid_request")
         return found
+
+    def _other_places(self, scope: Scope, found: bytes | None, several: bool) -> tuple[bytes | None, bool]:
+        """Add the tokens in the configured header, cookie and query parameter to what ``Authorization`` had."""
+        candidates: list[bytes | None] = []
+        names = self._names
+        for name, value in scope.get("headers") or ():
+            if name in names:
+                candidates.append(value.strip() if name == self._header else _cookie(value, self._cookie or b""))
+        if self._query is not None and scope.get("query_string"):
+            query = scope["query_string"].decode("latin-1")
+            candidates += [
+                value.encode("latin-1", "replace")
+                for name, value in parse_qsl(query, keep_blank_values=True)
+                if name == self._query
+            ]
+        for candidate in candidates:
+            if candidate is not None:
+                several = several or (found is not None and candidate != found)
+                found = candidate
+        return found, several
 
     async def _refuse(self, kind: str, send: Send, status: int, challenge: bytes, reason: str) -> None:
         _log.debug("JWT authentication refused a request: %s", reason)

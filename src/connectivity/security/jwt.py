@@ -5,7 +5,7 @@ Theory of operation: :meth:`JWTVerifier.verify` takes a compact JWS and returns 
 with a short reason that never contains the token. In order, cheapest first:
 
 1. size: a token over ``max_token_bytes`` (8 KiB) is refused before anything else;
-2. cache: the SHA-256 of the token (never the token itself) is looked up among recent verifications; a hit is
+2. cache: the token (its SHA-256 when long, see below) is looked up among recent verifications; a hit is
    accepted only if ``exp``/``nbf`` still hold on the clock now, and the key that verified it is still current
    (its key set is fresh and has not dropped or changed a key since). A hit costs a hash and a dictionary lookup
    (about a microsecond, against 40-200 for a signature check);
@@ -205,9 +205,10 @@ class JWTVerifier:
         if cache is None:
             return None
         raw = token if token.__class__ is bytes else _bytes(token)
-        if len(raw) > self.max_token_bytes:
+        size = len(raw)
+        if size > self.max_token_bytes:
             return None
-        key: _CacheKey = raw if len(raw) <= RAW_KEY_BYTES else ("sha256", _sha256(raw).digest())
+        key: _CacheKey = raw if size <= RAW_KEY_BYTES else ("sha256", _sha256(raw).digest())
         entry = cache.get(key)
         if entry is None:
             return None
