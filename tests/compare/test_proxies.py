@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from connectivity.compare import pki as certificates
 from connectivity.compare import proxies as px
 from connectivity.compare.policy import Policy
 from connectivity.compare.proxies._process import group_pids
@@ -27,6 +30,7 @@ POLICIES = {
     "no-retries": Policy(attempts=1, consecutive_5xx=None),
     "least-request-rate-limited": Policy(attempts=3, balancing="least_request", rate_limit=50.0, burst=5),
     "slow-rate": Policy(attempts=3, retry_statuses=frozenset({500, 503}), rate_limit=0.5, per_try_timeout=0.25),
+    "retry-429": Policy(retry_statuses=frozenset({429, 502, 503, 504}), retry_after_cap=2.0),
 }
 TWO = [("127.0.0.1", 8001), ("127.0.0.1", 8002)]
 
@@ -46,6 +50,14 @@ def _state(pid: int) -> str:
             return stat.read().rpartition(")")[2].split()[0]
     except OSError:
         return "gone"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> certificates.Pki:
+    """A CA, the replicas' certificate and a client certificate per proxy (and one for a bare client)."""
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    return certificates.make(directory, [*px.PROXIES, "client"])
 
 
 @pytest.fixture
@@ -185,6 +197,78 @@ def test_caddy_expresses_the_policy_and_lists_the_rest(tmp_path: Path) -> None:
     assert fields(plain) == {"retry_statuses", "total_timeout"}
 
 
+def test_a_429_is_retried_by_nginx_only_and_listed_elsewhere(tmp_path: Path) -> None:
+    policy = POLICIES["retry-429"]
+    nginx = px.render("nginx", policy, TWO, ("127.0.0.1", 18080), tmp_path)
+    retried = "proxy_next_upstream error timeout http_429 http_502 http_503 http_504;"
+    assert retried in nginx.config_path.read_text()
+    assert any("Retry-After" in item for item in nginx.unsupported)  # retried at once, never waited for
+    assert any("throttles is ejected" in item for item in nginx.unsupported)
+    haproxy = px.render("haproxy", policy, TWO, ("127.0.0.1", 18080), tmp_path)
+    assert "retry-on conn-failure empty-response response-timeout 502 503 504\n" in haproxy.config_path.read_text()
+    assert any(item.startswith("retry_statuses") and "not 429" in item for item in haproxy.unsupported)
+    caddy = px.render("caddy", policy, TWO, ("127.0.0.1", 18080), tmp_path)
+    assert "retry_statuses" in fields(caddy)
+
+
+def test_policy_retries_429_only_with_retry_after() -> None:
+    policy = POLICIES["retry-429"]
+    retry = policy.retry()
+    assert retry.statuses == {429, 502, 503, 504}
+    assert retry.statuses_requiring_retry_after == {429}
+    assert retry.retry_after_cap == 2.0
+    assert Policy().retry().statuses_requiring_retry_after == frozenset()
+    with pytest.raises(ConfigError, match=r"Policy\.retry_statuses"):
+        Policy(retry_statuses=frozenset({404}))
+    with pytest.raises(ConfigError, match=r"Policy\.retry_after_cap"):
+        Policy(retry_after_cap=0.0)
+
+
+@pytest.mark.parametrize("proxy", px.PROXIES)
+def test_mtls_to_the_replicas_is_rendered_with_the_callers_certificate(
+    proxy: str, pki: certificates.Pki, tmp_path: Path
+) -> None:
+    material = pki.clients[proxy]
+    rendered = px.render(proxy, Policy(), TWO, ("127.0.0.1", 18080), tmp_path, tls=material)
+    text = rendered.config_path.read_text()
+    expected = {
+        "nginx": [
+            "proxy_pass https://service;",
+            f'proxy_ssl_certificate "{material.cert}";',
+            f'proxy_ssl_certificate_key "{material.key}";',
+            f'proxy_ssl_trusted_certificate "{material.ca}";',
+            "proxy_ssl_verify on;",
+            f"proxy_ssl_name {certificates.SERVER_NAME};",
+        ],
+        "haproxy": [
+            f'ssl crt "{material.bundle}" ca-file "{material.ca}" verify required',
+            f"verifyhost {certificates.SERVER_NAME}",
+        ],
+        "caddy": [
+            f'tls_client_auth "{material.cert}" "{material.key}"',
+            f'tls_trusted_ca_certs "{material.ca}"',
+            f"tls_server_name {certificates.SERVER_NAME}",
+        ],
+    }[proxy]
+    for line in expected:
+        assert line in text
+    assert "https" not in text.split("listen", 1)[-1].split("\n", 1)[0]  # the client side stays plain
+    assert oct(material.key.stat().st_mode & 0o777) == "0o600"
+    plain = px.render(proxy, Policy(), TWO, ("127.0.0.1", 18080), tmp_path).config_path.read_text()
+    assert str(material.cert) not in plain
+    assert str(material.bundle) not in plain
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("proxy", px.PROXIES)
+def test_mtls_config_passes_the_proxys_validator(proxy: str, pki: certificates.Pki, tmp_path: Path) -> None:
+    require_binary(proxy)
+    workdir = tmp_path / proxy
+    workdir.mkdir()
+    rendered = px.render(proxy, POLICIES["retry-429"], TWO, ("127.0.0.1", 18080), workdir, tls=pki.clients[proxy])
+    px.validate(rendered)
+
+
 @pytest.mark.parametrize("proxy", px.PROXIES)
 def test_invalid_input_is_a_config_error(proxy: str, tmp_path: Path) -> None:
     listen = ("127.0.0.1", 18080)
@@ -225,6 +309,13 @@ def test_retries_a_503_on_the_other_replica(
         assert statuses == [200] * 40
         assert bad.app.stats.errors >= 10  # round robin sent it its share: each was retried on `good`
         assert good.app.stats.ok == 40
+        # What the proxy says it did: one retry per 503 (nginx's log of retried requests, HAProxy's stats socket).
+        # nginx logs a request after answering it: the last line may lag the last response by a moment.
+        expected = {"retries": bad.app.stats.errors, "ejections": 0, "rate_limited": 0}
+        deadline = time.monotonic() + 5.0
+        while sidecar.counters() != expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sidecar.counters() == expected
         assert sidecar.cpu_ns() > before
         assert sidecar.rss_bytes() > 1_000_000
         pids = sidecar.pids()
@@ -244,6 +335,7 @@ def test_ejects_the_failing_replica(
     _, sidecar = start(proxy, policy, [("127.0.0.1", good.port), ("127.0.0.1", bad.port)], tmp_path)
     with sidecar, httpx.Client(base_url=sidecar.url, trust_env=False, timeout=5.0) as client:
         statuses = [client.get("/").status_code for _ in range(30)]
+        assert sidecar.counters()["ejections"] == 1
     assert bad.app.stats.requests == 1  # out after its first 503, for 30 s
     assert statuses.count(200) == 30 - (attempts == 1)
 
@@ -298,9 +390,29 @@ def test_caddy_does_not_retry_on_a_status_as_listed(
         before = sidecar.cpu_ns()
         statuses = [client.get("/").status_code for _ in range(20)]
         assert sorted(set(statuses)) == [200, 503]
+        assert sidecar.counters() == {}  # Caddy reports neither retries nor ejections
         assert sidecar.cpu_ns() > before
         assert sidecar.rss_bytes() > 1_000_000
     assert (tmp_path / "caddy").exists()  # its autosave and storage went to the work directory
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("proxy", px.PROXIES)
+def test_a_sidecar_originates_mtls_to_a_replica_that_requires_it(
+    proxy: str, pki: certificates.Pki, tmp_path: Path
+) -> None:
+    require_binary(proxy)
+    context = pki.server.mtls().server_context(require_client_cert=True)
+    with serve(FaultyUpstream(name="tls"), name="tls", ssl_context=context) as replica:
+        # Without a client certificate the replica refuses the handshake...
+        verify = ssl.create_default_context(cafile=str(pki.server.ca))
+        with httpx.Client(verify=verify, trust_env=False) as anonymous, pytest.raises(httpx.HTTPError):
+            anonymous.get(replica.url)
+        # ...with the sidecar's, through the sidecar (plain HTTP on its side), every request is answered.
+        _, sidecar = px.launch(proxy, Policy(), [("127.0.0.1", replica.port)], tmp_path, tls=pki.clients[proxy])
+        with sidecar, httpx.Client(base_url=sidecar.url, trust_env=False, timeout=5.0) as client:
+            assert [client.get("/").status_code for _ in range(5)] == [200] * 5
+        assert replica.app.stats.ok == 5
 
 
 # -- no process left behind -------------------------------------------------------------------------------

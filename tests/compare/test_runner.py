@@ -107,11 +107,13 @@ def test_smoke_run_measures_every_scenario_mode_and_contender(tmp_path: Path) ->
     for proxy in PROXIES:
         require_binary(proxy)
     recorder = _Recorder()
-    results = run(Settings(requests=8, rounds=1, warmup=2, rate=400.0), progress=recorder)
+    settings = Settings(requests=8, rounds=1, warmup=2, rate=400.0, cpu_pairs=2, cpu_requests=4)
+    results = run(settings, progress=recorder)
 
     expected = [BARE, IN_PROCESS, *PROXIES]
-    # The healthy scenario also measures a twin of bare httpx: the noise floor.
-    assert recorder.total == (len(SCENARIOS) * len(expected) + 1) * 2 == len(recorder.blocks)
+    # The healthy scenario also measures a twin of bare httpx (the noise floor), then runs the CPU phase.
+    cpu_phase = 2 * settings.cpu_pairs * (len(expected) + 1)
+    assert recorder.total == (len(SCENARIOS) * len(expected) + 1) * 2 + cpu_phase == len(recorder.blocks)
     assert list(results["scenarios"]) == [scenario.name for scenario in SCENARIOS]
     for name, scenario in results["scenarios"].items():
         assert set(scenario["modes"]) == {"open", "closed"}, name
@@ -130,20 +132,37 @@ def test_smoke_run_measures_every_scenario_mode_and_contender(tmp_path: Path) ->
                 assert (summary["proxy_rss_mb"] is not None) is sidecar
                 if sidecar:
                     assert summary["proxy_rss_mb"]["median"] > 0
+                    # What a proxy reports it did: retries, ejections, refusals (Caddy: nothing).
+                    assert set(summary["events"]) <= {"retries", "ejections", "rate_limited"}
     # Bare httpx meets the stopped replica on a third of its requests; the replica is back afterwards.
     down = results["scenarios"]["down"]["modes"]["closed"][BARE]
     assert down["failures"].get("ConnectError", 0) > 0
     assert results["scenarios"]["down"]["replica_requests"][-1] is None
-    # Every verdict could be computed (every contender ran).
+    # Mutual TLS on every hop to the replicas: every contender gets every answer, the in-process stack with its
+    # own certificate, each sidecar with its own.
+    for mode, contenders in results["scenarios"]["mtls"]["modes"].items():
+        assert {name: s["success_rate"]["median"] for name, s in contenders.items()} == dict.fromkeys(
+            [BARE, *expected[1:]], 1.0
+        ), mode
+    # The CPU phase: paired rounds, every contender against bare httpx; a hop cost for each sidecar.
+    phase = results["scenarios"]["healthy"]["cpu"]
+    for mode in ("open", "closed"):
+        assert set(phase[mode]["added_client_cpu_us"]) == {CONTROL, *expected[1:]}
+        assert set(phase[mode]["hop_cpu_us"]) == set(PROXIES)
+        assert phase[mode]["added_client_cpu_us"][IN_PROCESS]["n"] == settings.cpu_pairs
+    # Every verdict could be computed (every contender ran); the CPU one may honestly be inconclusive.
     assert results["verdicts"]
-    assert all(verdict["pass"] is not None for verdict in results["verdicts"])
-    assert all("noise floor" in verdict["detail"] for verdict in results["verdicts"] if "CPU" in verdict["check"])
+    assert all(verdict["pass"] is not None or verdict.get("inconclusive") for verdict in results["verdicts"])
+    cpu = [verdict for verdict in results["verdicts"] if "CPU" in verdict["check"]]
+    assert len(cpu) == 2
+    assert all("control twin" in verdict["detail"] for verdict in cpu)
 
     path = report.write_json(results, tmp_path / "compare.json")
     assert json.loads(path.read_text(encoding="utf-8"))["benchmark"] == "compare"
     plots = report.plot(results, tmp_path)
     text = report.markdown(results, plots, tmp_path)
     assert "## Verdicts" in text
+    assert "## CPU phase" in text
     assert "caddy" in text
     for plot in plots:
         assert plot.read_bytes().startswith(b"\x89PNG")
@@ -216,6 +235,10 @@ def test_cli_writes_json_report_and_plots(tmp_path: Path, capsys: pytest.Capture
             "6",
             "--warmup",
             "1",
+            "--cpu-pairs",
+            "2",
+            "--cpu-requests",
+            "4",
             "--results-dir",
             str(tmp_path),
         ]

@@ -1,11 +1,12 @@
 """``connectivity compare``: the same policy scenarios in-process and through nginx, HAProxy and Caddy sidecars.
 
 Starts a fleet of upstream replicas on ``127.0.0.1`` and, for each scenario (healthy, one replica answering 503s,
-one slow, one down, 429 with ``Retry-After``, a burst above the rate limit), drives the same bounded schedule
-(open loop at a fixed rate, closed loop at a fixed concurrency) through bare httpx, the in-process stack and bare
-httpx through each sidecar available. Shows a live progress display, prints a table per scenario and the
-verdicts, and writes ``compare.json`` (default ``bench/results/``), ``report.md`` and the PNG plots. A proxy
-whose binary is missing is skipped with a message. Every process started is stopped at the end, on failure and
+one slow, one down, 429 with ``Retry-After``, a burst above the rate limit, mutual TLS to the replicas), drives
+the same bounded schedule (open loop at a fixed rate, closed loop at a fixed concurrency) through bare httpx, the
+in-process stack and bare httpx through each sidecar available, then the CPU phase behind the CPU verdict.
+Shows a live progress display, prints a table per scenario and the verdicts, and writes ``compare.json``
+(default ``bench/results/``), ``report.md`` and the PNG plots. A proxy whose binary is missing is skipped with a
+message. Every process started is stopped at the end, on failure and
 on Ctrl-C (exit status 130). The work is done by :mod:`connectivity.compare.runner`.
 """
 
@@ -34,6 +35,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -53,6 +61,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=_positive_float, metavar="RPS", help="open-loop rate (default: 200)")
     parser.add_argument("--concurrency", type=_positive_int, metavar="N", help="closed-loop workers (default: 8)")
     parser.add_argument("--warmup", type=int, metavar="N", help="warm-up requests per contender and scenario")
+    parser.add_argument(
+        "--cpu-pairs", type=_non_negative_int, metavar="N", help="rounds of the CPU phase (0: none)"
+    )
+    parser.add_argument("--cpu-requests", type=_positive_int, metavar="N", help="requests per CPU-phase block")
     parser.add_argument("--scenarios", type=_names, default=(), metavar="A,B", help="scenarios to run (all)")
     parser.add_argument(
         "--contenders", type=_names, default=(), metavar="A,B", help="httpx,connectivity,nginx,haproxy,caddy (all)"
@@ -121,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             ("rate", args.rate),
             ("concurrency", args.concurrency),
             ("warmup", args.warmup),
+            ("cpu_pairs", args.cpu_pairs),
+            ("cpu_requests", args.cpu_requests),
         )
         if value is not None
     }

@@ -7,9 +7,13 @@ in the closed loop ``concurrency`` workers send back to back. Either way the blo
 ``limit`` seconds (requests still unfinished then are cancelled and counted as failures), so no load loop is
 unbounded.
 
-Around the block the runner reads the clocks that matter: this process's CPU time (:func:`time.process_time_ns`:
-the client's CPU, nothing else runs here during a block), the sidecar's CPU (``/proc`` schedstat, through its
-``cpu_ns()``), the upstream fleet's request counter, and the policy events emitted meanwhile.
+Before the block, untimed, :func:`settle` gives the contender a fresh connection pool and opens the connections
+the mode needs (one per replica for the open loop, ``concurrency`` for the closed loop), so every block of every
+contender starts from the same state (see :mod:`connectivity.compare.contenders` for why it matters). Around the
+block the runner reads the clocks that matter: this process's CPU time (:func:`time.process_time_ns`: the
+client's CPU, nothing else runs here during a block), the sidecar's CPU (``/proc`` schedstat, through its
+``cpu_ns()``), the upstream fleet's request counter, the policy events emitted meanwhile in-process, and what the
+sidecar reports it did (its ``counters()``: retries, ejections, rate-limited requests).
 
 .. versionadded:: 0.1
 """
@@ -27,7 +31,7 @@ import anyio
 
 from connectivity._http import httpx
 
-__all__ = ["Block", "Contender", "Mode", "percentile", "run_block"]
+__all__ = ["Block", "Contender", "Mode", "percentile", "run_block", "settle"]
 
 Mode = Literal["open", "closed"]
 
@@ -53,6 +57,8 @@ class Contender:
         urls: The URLs it sends to, taken in turn (several for bare httpx, which has no balancer).
         cpu_ns: Reads the sidecar's CPU time (``None`` for in-process contenders).
         rss_bytes: Reads the sidecar's resident memory (``None`` for in-process contenders).
+        renew: Replaces the client's connection pool with an empty one (``None``: it cannot).
+        counters: Reads what the sidecar reports it did, cumulative (``None`` for in-process contenders).
     """
 
     name: str
@@ -60,6 +66,8 @@ class Contender:
     urls: Sequence[str]
     cpu_ns: Callable[[], int] | None = None
     rss_bytes: Callable[[], int] | None = None
+    renew: Callable[[], Awaitable[None]] | None = None
+    counters: Callable[[], Mapping[str, int]] | None = None
 
 
 @dataclass
@@ -75,7 +83,7 @@ class Block:
         proxy_cpu_ns: CPU time of the sidecar during the block (``None`` without one).
         proxy_rss_bytes: The sidecar's resident memory after the block (``None`` without one).
         upstream_requests: Requests the upstream replicas received during the block.
-        events: Policy events emitted during the block, by name.
+        events: Policy events emitted during the block, by name (a sidecar's: what it reports, see ``counters``).
         wall: Seconds the block took.
     """
 
@@ -157,6 +165,33 @@ async def _closed_loop(contender: Contender, block: Block, count: int, concurren
             group.start_soon(worker)
 
 
+async def settle(contender: Contender, *, mode: Mode, concurrency: int, replicas: int) -> None:
+    """Untimed, before a block: renew the contender's pool, then open the connections the mode needs.
+
+    The open loop gets ``replicas`` requests one after the other (one connection per replica, or one to the
+    sidecar); the closed loop ``concurrency`` requests at once (a connection per worker). Failures are ignored: the
+    block that follows measures them.
+    """
+    if contender.renew is not None:
+        await contender.renew()
+    urls = contender.urls
+
+    async def one(index: int) -> None:
+        try:
+            response = await contender.client.get(urls[index % len(urls)])
+            await response.aclose()
+        except httpx.HTTPError:
+            pass
+
+    if mode == "open":
+        for index in range(replicas):
+            await one(index)
+        return
+    async with anyio.create_task_group() as group:
+        for index in range(concurrency):
+            group.start_soon(one, index)
+
+
 async def run_block(
     contender: Contender,
     *,
@@ -191,6 +226,7 @@ async def run_block(
     upstream_before = upstream_requests()
     events_before = Counter(events)
     proxy_before = contender.cpu_ns() if contender.cpu_ns is not None else None
+    reported_before = Counter(contender.counters()) if contender.counters is not None else Counter()
     began = time.perf_counter()
     cpu_before = time.process_time_ns()
     with anyio.move_on_after(limit):
@@ -206,6 +242,8 @@ async def run_block(
         block.proxy_rss_bytes = contender.rss_bytes()
     block.upstream_requests = upstream_requests() - upstream_before
     block.events = Counter(events) - events_before
+    if contender.counters is not None:
+        block.events.update(Counter(contender.counters()) - reported_before)
     # A request never started (the limit struck first) is a failure the client saw too.
     block.failures["not sent"] += count - block.requests
     block.requests = count

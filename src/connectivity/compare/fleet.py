@@ -1,9 +1,11 @@
 """The upstream fleet: :class:`~connectivity.testing.upstream.FaultyUpstream` replicas, each a uvicorn process.
 
-Theory of operation: each replica is ``python -m connectivity.compare.fleet PORT NAME SEED``, a child process
-that binds ``127.0.0.1:PORT`` itself (``0`` the first time: the kernel picks, and the child prints the port it got
-on its first line of output, so no other process can take the port between a check and the bind), then serves a
-:class:`FaultyUpstream` under uvicorn. Two control paths sit in front of it and are not counted as traffic:
+Theory of operation: each replica is ``python -m connectivity.compare.fleet PORT NAME SEED [CERT KEY CA]``, a
+child process that binds ``127.0.0.1:PORT`` itself (``0`` the first time: the kernel picks, and the child prints
+the port it got on its first line of output, so no other process can take the port between a check and the
+bind), then serves a :class:`FaultyUpstream` under uvicorn (over mutual TLS when given certificate files: a client
+certificate chaining to ``CA`` is then required of every caller, the control client included). Two control paths
+sit in front of it and are not counted as traffic:
 
 * ``GET /_fleet/stats`` answers ``{"requests": N}``: requests that reached the replica since it started, so the
   runner counts upstream requests per client request (retry amplification) from the upstreams' side;
@@ -33,9 +35,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import asdict
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from connectivity.testing.upstream import Faults, FaultyUpstream
+
+if TYPE_CHECKING:
+    from connectivity.compare.pki import Material
 
 __all__ = ["HOST", "Fleet", "FleetError"]
 
@@ -93,8 +98,9 @@ class _Controlled:
         await send({"type": "http.response.body", "body": content})
 
 
-def _serve(port: int, name: str, seed: int) -> None:
-    """The child: bind, print the port, serve until terminated or until standard input closes."""
+def _serve(port: int, name: str, seed: int, tls: Sequence[str] = ()) -> None:
+    """The child: bind, print the port, serve (over mutual TLS with ``tls``: cert, key and CA files) until
+    terminated or until standard input closes."""
     import random
 
     import uvicorn
@@ -118,6 +124,12 @@ def _serve(port: int, name: str, seed: int) -> None:
         timeout_keep_alive=600,
         timeout_graceful_shutdown=1,
     )
+    if tls:
+        from connectivity.security.tls import MTLS
+
+        cert, key, ca = tls
+        config.load()  # then replace what uvicorn would build from file names with the mTLS context
+        config.ssl = MTLS(cert=cert, key=key, ca=ca).server_context(require_client_cert=True)
     server = uvicorn.Server(config)
 
     def watch_parent() -> None:
@@ -152,19 +164,34 @@ class Fleet:
     Args:
         size: Number of replicas.
         seed: Seed of the replicas' fault draws (each replica's generator is seeded with it and its name).
+        tls: Serve mutual TLS with this certificate (:class:`~connectivity.compare.pki.Material`), requiring a
+            client certificate from the same CA; ``control`` is then the control client's.
+        control: The control client's certificate (needed with ``tls``).
 
     .. versionadded:: 0.1
     """
 
-    def __init__(self, size: int, *, seed: int = 1) -> None:
+    def __init__(
+        self, size: int, *, seed: int = 1, tls: Material | None = None, control: Material | None = None
+    ) -> None:
+        if (tls is None) != (control is None):
+            raise FleetError("a TLS fleet needs both the replicas' certificate and the control client's")
         self.seed = seed
+        self.tls = tls
+        self._control_tls = control
         self._replicas = [_Replica(f"r{index}") for index in range(size)]
         self._control: Any = None
+
+    @property
+    def scheme(self) -> str:
+        """``"https"`` for a TLS fleet, else ``"http"``."""
+        return "http" if self.tls is None else "https"
 
     def __enter__(self) -> Fleet:
         from connectivity._http import httpx
 
-        self._control = httpx.Client(trust_env=False, timeout=10.0)
+        verify: Any = True if self._control_tls is None else self._control_tls.ssl_context()
+        self._control = httpx.Client(trust_env=False, timeout=10.0, verify=verify)
         try:
             for index in range(len(self._replicas)):
                 self.start(index)
@@ -203,12 +230,13 @@ class Fleet:
         if self.running(index):
             return
         command = [sys.executable, "-m", "connectivity.compare.fleet", str(replica.port), replica.name]
+        tls = [] if self.tls is None else [str(self.tls.cert), str(self.tls.key), str(self.tls.ca)]
         # A file, not a pipe: a chatty child must never block on a full pipe nobody reads.
         replica.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _halt, with the process
         # A session of its own: a terminal's Ctrl-C reaches the runner only, which then stops the replicas in
         # order, instead of racing them (a replica gone first would turn the interrupt into a connect error).
         process = subprocess.Popen(
-            [*command, str(self.seed)],
+            [*command, str(self.seed), *tls],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=replica.errors,
@@ -269,7 +297,7 @@ class Fleet:
             self._control.close()
 
     def _url(self, index: int, action: str) -> str:
-        return f"http://{HOST}:{self._replicas[index].port}{_CONTROL}{action}"
+        return f"{self.scheme}://{HOST}:{self._replicas[index].port}{_CONTROL}{action}"
 
     @staticmethod
     def _stderr(replica: _Replica) -> str:
@@ -302,16 +330,18 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def fleet(size: int, *, seed: int = 1) -> Iterator[Fleet]:
-    """A running :class:`Fleet` of ``size`` replicas for the duration of the block."""
-    with Fleet(size, seed=seed) as running:
+def fleet(size: int, *, seed: int = 1, **tls: Any) -> Iterator[Fleet]:
+    """A running :class:`Fleet` of ``size`` replicas for the duration of the block (``tls``: as :class:`Fleet`)."""
+    with Fleet(size, seed=seed, **tls) as running:
         yield running
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m connectivity.compare.fleet PORT NAME SEED``: run one replica (see the module docstring)."""
-    port, name, seed = (argv if argv is not None else sys.argv[1:])[:3]
-    _serve(int(port), name, int(seed))
+    """``python -m connectivity.compare.fleet PORT NAME SEED [CERT KEY CA]``: run one replica (see the module
+    docstring)."""
+    arguments = list(argv if argv is not None else sys.argv[1:])
+    port, name, seed = arguments[:3]
+    _serve(int(port), name, int(seed), arguments[3:6])
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ class Policy:
 
     Args:
         attempts: Tries per request, the first included (1: no retries).
-        retry_statuses: Upstream statuses that are retried (besides connect failures and resets).
+        retry_statuses: Upstream statuses that are retried (besides connect failures and resets): 5xx, and 429,
+            which is retried only when the response carries a ``Retry-After`` (waited for, up to
+            ``retry_after_cap``), as :class:`connectivity.Retry` does.
+        retry_after_cap: Longest ``Retry-After`` waited for before retrying a 429, seconds.
         per_try_timeout: Seconds one attempt may take.
         total_timeout: Seconds the whole request may take, retries included.
         consecutive_5xx: 5xx (or connect failures) in a row that eject a replica (``None``: no outlier ejection).
@@ -41,6 +44,7 @@ class Policy:
 
     attempts: int = 3
     retry_statuses: frozenset[int] = field(default_factory=lambda: frozenset({502, 503, 504}))
+    retry_after_cap: float = 2.0
     per_try_timeout: float = 1.0
     total_timeout: float = 5.0
     consecutive_5xx: int | None = 5
@@ -52,9 +56,13 @@ class Policy:
     def __post_init__(self) -> None:
         at_least_int("Policy.attempts", self.attempts, 1)
         statuses = frozenset(self.retry_statuses)
-        if any(isinstance(code, bool) or not isinstance(code, int) or not 500 <= code <= 599 for code in statuses):
-            raise ConfigError("Policy.retry_statuses", self.retry_statuses, "must be 5xx status codes")
+        if any(
+            isinstance(code, bool) or not isinstance(code, int) or not (500 <= code <= 599 or code == 429)
+            for code in statuses
+        ):
+            raise ConfigError("Policy.retry_statuses", self.retry_statuses, "must be 5xx status codes or 429")
         object.__setattr__(self, "retry_statuses", statuses)
+        finite_positive("Policy.retry_after_cap", self.retry_after_cap)
         finite_positive("Policy.per_try_timeout", self.per_try_timeout)
         finite_positive("Policy.total_timeout", self.total_timeout)
         if self.per_try_timeout > self.total_timeout:
@@ -66,6 +74,18 @@ class Policy:
         at_least_int("Policy.burst", self.burst, 0)
         if self.balancing not in ("round_robin", "least_request"):
             raise ConfigError("Policy.balancing", self.balancing, "must be 'round_robin' or 'least_request'")
+
+    def retry(self) -> Any:
+        """The :class:`connectivity.Retry` for this policy: its attempts and statuses; a 429 only with a
+        ``Retry-After``, waited for up to :attr:`retry_after_cap`."""
+        import connectivity as cx
+
+        return cx.Retry(
+            attempts=self.attempts,
+            statuses=self.retry_statuses,
+            statuses_requiring_retry_after=self.retry_statuses & {429},
+            retry_after_cap=self.retry_after_cap,
+        )
 
     def transport(self, endpoints: Sequence[str], *, service: str = "upstream", **options: Any) -> Any:
         """The in-process stack for this policy over ``endpoints`` (``"host:port"``), built by
@@ -90,7 +110,7 @@ class Policy:
         )
         return cx.transport(
             timeout=cx.Timeout(total=self.total_timeout, per_try=self.per_try_timeout),
-            retry=cx.Retry(attempts=self.attempts, statuses=self.retry_statuses) if self.attempts > 1 else False,
+            retry=self.retry() if self.attempts > 1 else False,
             discovery=list(endpoints),
             balancer=RoundRobin() if self.balancing == "round_robin" else LeastRequest(),
             outlier=outlier,

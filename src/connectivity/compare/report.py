@@ -37,7 +37,7 @@ def _range(summary: Mapping[str, Any], measure: str, fmt: str, scale: float = 1.
     return f"{median} ({format(spread['min'] * scale, fmt)}-{format(spread['max'] * scale, fmt)})"
 
 
-def _row(name: str, summary: Mapping[str, Any]) -> list[str]:
+def _row(name: str, summary: Mapping[str, Any], silent: Sequence[str] = ()) -> list[str]:
     events = summary.get("events") or {}
     shown = ", ".join(f"{key.removeprefix('connectivity.')} {count}" for key, count in list(events.items())[:3])
     return [
@@ -51,7 +51,7 @@ def _row(name: str, summary: Mapping[str, Any]) -> list[str]:
         _range(summary, "proxy_cpu_us", ".0f"),
         _range(summary, "proxy_rss_mb", ".1f"),
         _range(summary, "upstream_per_request", ".2f"),
-        shown or "-",
+        shown or ("not reported" if name in silent else "-"),
     ]
 
 
@@ -111,13 +111,53 @@ def rich_tables(results: Mapping[str, Any]) -> list[Any]:
     for header in ("", "check", "numbers"):
         verdicts.add_column(header)
     for verdict in results.get("verdicts", []):
-        verdicts.add_row(_word(verdict["pass"]), verdict["check"], verdict["detail"])
+        verdicts.add_row(_word(verdict), verdict["check"], verdict["detail"])
     tables.append(verdicts)
     return tables
 
 
-def _word(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+def _word(verdict: Mapping[str, Any]) -> str:
+    ok = verdict["pass"]
+    if ok is None:
+        return "inconclusive" if verdict.get("inconclusive") else "n/a"
+    return "PASS" if ok else "FAIL"
+
+
+def _cpu_phase(results: Mapping[str, Any]) -> list[str]:
+    """The CPU phase as Markdown: per mode, each contender's client CPU, added CPU (paired) and hop cost."""
+    healthy = results["scenarios"].get("healthy") or {}
+    phase = healthy.get("cpu")
+    if not phase:
+        return []
+    settings = results["settings"]
+    lines = [
+        "## CPU phase (healthy scenario)",
+        "",
+        f"{settings.get('cpu_pairs')} rounds x {settings.get('cpu_requests')} requests per contender and mode, "
+        "every contender once per round in a shuffled order, each block from a fresh connection pool. Medians "
+        "over rounds, with a distribution-free 95 % confidence interval for the median in brackets; *added* is "
+        "paired per round (the contender's client CPU minus bare httpx's in the same round).",
+        "",
+    ]
+
+    def cell(spread: Mapping[str, Any] | None) -> str:
+        if spread is None:
+            return "-"
+        return f"{spread['median']:.1f} [{spread['low']:.1f}, {spread['high']:.1f}]"
+
+    for mode, figures in phase.items():
+        rows = [
+            [
+                name,
+                cell(spread),
+                cell(figures["added_client_cpu_us"].get(name)),
+                cell(figures["hop_cpu_us"].get(name)),
+            ]
+            for name, spread in figures["client_cpu_us"].items()
+        ]
+        lines += [f"**{mode} loop**", ""]
+        lines += [_table(["contender", "client CPU µs/req", "added vs httpx µs/req", "hop CPU µs/req"], rows), ""]
+    return lines
 
 
 def write_json(results: Mapping[str, Any], path: Path) -> Path:
@@ -245,21 +285,26 @@ def markdown(results: Mapping[str, Any], plots: Sequence[Path], directory: Path)
         "Values are medians over rounds, with the range (min-max) in brackets. CPU is per client request: the "
         "client's is this process's CPU time during the block, the proxy's its processes' on-CPU time "
         "(`/proc/<pid>/task/*/schedstat`). *upstream req/req* counts requests at the replicas per client request "
-        "(retry amplification).",
+        "(retry amplification). Every block starts from a fresh client connection pool. *policy events*: the "
+        "in-process stack's from `connectivity.telemetry.events`; nginx's from its log of retried requests "
+        "(`$upstream_addr`) and its error log (replicas disabled, requests refused by `limit_req`); HAProxy's "
+        "from its stats socket (`wretr`, `chkdown`, the frontend's `dreq`); Caddy reports none.",
         "",
         "## Verdicts",
         "",
         _table(
             ["", "check", "numbers"],
-            [[_word(v["pass"]), v["check"], v["detail"]] for v in results.get("verdicts", [])],
+            [[_word(v), v["check"], v["detail"]] for v in results.get("verdicts", [])],
         ),
         "",
+        *_cpu_phase(results),
     ]
     for name, scenario in results["scenarios"].items():
         lines += [f"## {name}: {scenario['title']}", ""]
         for mode, contenders in scenario["modes"].items():
             lines += [f"**{mode} loop**", ""]
-            lines += [_table(HEADERS, [_row(contender, s) for contender, s in contenders.items()]), ""]
+            silent = scenario.get("events_not_reported") or ()
+            lines += [_table(HEADERS, [_row(contender, s, silent) for contender, s in contenders.items()]), ""]
         unsupported = {proxy: items for proxy, items in scenario.get("unsupported", {}).items() if items}
         if unsupported:
             lines += ["What the sidecars could not express of this scenario's policy:", ""]

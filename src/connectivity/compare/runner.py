@@ -1,12 +1,20 @@
 """The comparison run: scenarios x contenders x modes x rounds, against one fleet, with every process cleaned up.
 
-Theory of operation: one :class:`~connectivity.compare.fleet.Fleet` of replicas serves the whole run. For each
+Theory of operation: one :class:`~connectivity.compare.fleet.Fleet` of replicas serves the whole run (and a second
+one, serving mutual TLS, the ``mtls`` scenario, with certificates from :mod:`connectivity.compare.pki`). For each
 scenario the runner sets the replicas' faults (or stops one), starts a fresh sidecar per available proxy with a
 configuration generated from the scenario's policy (so no passive-health state leaks from one scenario into the
-next), and builds fresh clients: bare httpx (taking the replica URLs in turn: it has no balancer), the in-process
-stack (:meth:`Policy.transport`), and bare httpx through each sidecar. After a warm-up, each round sends one
-block per contender and mode (:mod:`connectivity.compare.drive`), the contenders' order rotating every round and
-mode so that machine drift lands on all of them alike. Every process started is owned by an exit stack: a failure,
+next), and builds fresh clients (:mod:`connectivity.compare.contenders`): bare httpx (taking the replica URLs in
+turn: it has no balancer), the in-process stack (:meth:`Policy.transport`), and bare httpx through each sidecar.
+After a warm-up, each round sends one block per contender and mode (:mod:`connectivity.compare.drive`), each
+block starting from a fresh connection pool, the contenders' order rotating every round and mode so that machine
+drift lands on all of them alike.
+
+The healthy scenario then runs the *CPU phase*, which the CPU verdict rests on: ``cpu_pairs`` rounds of small
+blocks (``cpu_requests`` requests) per mode, every contender once per round in a shuffled order, so that each
+round gives one *paired* difference (the in-process stack's client CPU minus bare httpx's, measured seconds
+apart) and one hop cost per sidecar; :func:`connectivity.compare.stats.cpu_verdicts` takes the median of the
+pairs with a distribution-free confidence interval. Every process started is owned by an exit stack: a failure,
 ``KeyboardInterrupt`` (Ctrl-C) or a bug in the middle of a block unwinds it, stopping sidecars and replicas.
 
 Proxies are optional: without :mod:`connectivity.compare.proxies`, or without a proxy's binary on ``PATH``, that
@@ -22,6 +30,7 @@ import datetime
 import gc
 import os
 import platform
+import random
 import socket
 import subprocess
 import sys
@@ -38,24 +47,16 @@ from typing import Any, Protocol
 
 import anyio
 
-from connectivity._http import httpx
-from connectivity.compare.drive import Contender, Mode, run_block
+from connectivity.compare import pki as certificates
+from connectivity.compare.contenders import BARE, CONTROL, CONTROL_SCENARIO, IN_PROCESS, build
+from connectivity.compare.drive import Contender, Mode, run_block, settle
 from connectivity.compare.fleet import HOST, Fleet
 from connectivity.compare.scenarios import REPLICAS, Scenario, select
-from connectivity.compare.stats import summarise, verdicts
+from connectivity.compare.stats import summarise, summarise_cpu, verdicts
 from connectivity.errors import ConfigError
 from connectivity.telemetry import events as policy_events
 
 __all__ = ["BARE", "CONTROL", "FULL", "IN_PROCESS", "QUICK", "Progress", "Settings", "machine_info", "run"]
-
-BARE = "httpx"
-"""The bare httpx contender: no policy at all."""
-IN_PROCESS = "connectivity"
-"""The in-process contender: the policy as a :func:`connectivity.transport` stack."""
-
-CONTROL = "httpx (control)"
-"""A second bare httpx client, in the healthy scenario only: the noise floor."""
-CONTROL_SCENARIO = "healthy"
 
 MODES: tuple[Mode, ...] = ("open", "closed")
 
@@ -73,8 +74,10 @@ class Settings:
         scenarios: Scenario names to run (empty: all).
         proxies: Proxies to try (empty: every one :mod:`connectivity.compare.proxies` knows).
         modes: Load modes to run.
-        seed: Seed of the replicas' fault draws.
+        seed: Seed of the replicas' fault draws (and of the CPU phase's order).
         quick: Marks the results as a smoke run.
+        cpu_pairs: Rounds of the CPU phase (healthy scenario; 0: none, and no CPU verdict).
+        cpu_requests: Requests per block of the CPU phase.
     """
 
     requests: int
@@ -87,10 +90,12 @@ class Settings:
     modes: tuple[Mode, ...] = MODES
     seed: int = 1
     quick: bool = False
+    cpu_pairs: int = 0
+    cpu_requests: int = 60
 
 
-FULL = Settings(requests=300, rounds=5, warmup=30)
-QUICK = Settings(requests=60, rounds=2, warmup=10, quick=True)
+FULL = Settings(requests=300, rounds=5, warmup=30, cpu_pairs=30, cpu_requests=100)
+QUICK = Settings(requests=60, rounds=2, warmup=10, quick=True, cpu_pairs=10, cpu_requests=30)
 
 
 class Progress(Protocol):
@@ -130,7 +135,9 @@ class _Scenario:
     """Everything measured in one scenario: rounds of block summaries by mode and contender."""
 
     rounds: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    cpu: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     unsupported: dict[str, list[str]] = field(default_factory=dict)
+    silent: list[str] = field(default_factory=list)
     replica_requests: list[int | None] = field(default_factory=list)
 
 
@@ -172,6 +179,7 @@ def _start_sidecars(
     fleet: Fleet,
     workdir: Path,
     progress: Progress,
+    pki: certificates.Pki | None,
 ) -> list[_Sidecar]:
     started: list[_Sidecar] = []
     if module is None:
@@ -179,8 +187,11 @@ def _start_sidecars(
     for proxy in names:
         directory = workdir / scenario.name / proxy
         directory.mkdir(parents=True, exist_ok=True)
+        tls = pki.clients[proxy] if pki is not None and scenario.mtls else None
         try:
-            rendered = module.render(proxy, scenario.policy, fleet.addresses, (HOST, _free_port()), directory)
+            rendered = module.render(
+                proxy, scenario.policy, fleet.addresses, (HOST, _free_port()), directory, tls=tls
+            )
             module.validate(rendered)
             sidecar = stack.enter_context(module.Sidecar.start(rendered, timeout=10.0))
         except (module.ProxyConfigError, module.ProxyStartError, ConfigError) as exc:
@@ -195,89 +206,71 @@ def _start_sidecars(
     return started
 
 
-def _clients(
-    scenario: Scenario, fleet: Fleet, sidecars: Sequence[_Sidecar], wanted: Sequence[str]
-) -> list[Contender]:
-    """Fresh clients for one scenario: bare, in-process, and through each sidecar (the caller closes them)."""
-    policy = scenario.policy
-    timeout = httpx.Timeout(policy.total_timeout)
-    contenders: list[Contender] = []
-    clients: list[httpx.AsyncClient] = []
+@dataclass
+class _Driver:
+    """Sends the blocks of one scenario: the settings, the fleet's counter, the event counter, the progress."""
 
-    def client(**options: Any) -> httpx.AsyncClient:
-        made = httpx.AsyncClient(trust_env=False, timeout=timeout, **options)
-        clients.append(made)
-        return made
+    scenario: Scenario
+    fleet: Fleet
+    settings: Settings
+    events: Mapping[str, int]
+    progress: Progress
 
-    if not wanted or BARE in wanted:
-        urls = [f"http://{h}:{p}/" for h, p in fleet.addresses]
-        contenders.append(Contender(BARE, client(), urls))
-        if scenario.name == CONTROL_SCENARIO:
-            # A twin of the baseline, measured like everyone else: how far it lands from bare httpx is the noise
-            # floor of the run, against which the in-process stack's added CPU is read.
-            contenders.append(Contender(CONTROL, client(), urls))
-    if not wanted or IN_PROCESS in wanted:
-        endpoints = [f"{h}:{p}" for h, p in fleet.addresses]
-        stack = policy.transport(endpoints, service="upstream", telemetry=False, request_id=False)
-        contenders.append(Contender(IN_PROCESS, client(transport=stack), ["http://upstream/"]))
-    contenders.extend(
-        Contender(sidecar.name, client(), [sidecar.url], sidecar.sidecar.cpu_ns, sidecar.sidecar.rss_bytes)
-        for sidecar in sidecars
-    )
-    return contenders
+    async def block(self, contender: Contender, mode: Mode, count: int, *, timed: bool = True) -> dict[str, Any]:
+        settings = self.settings
+        rate = (self.scenario.policy.rate_limit or settings.rate) * self.scenario.rate_factor
+        gc.collect()
+        block = await run_block(
+            contender,
+            mode=mode,
+            count=count,
+            rate=rate,
+            concurrency=settings.concurrency,
+            limit=count / rate + self.scenario.policy.total_timeout + 10.0,
+            upstream_requests=self.fleet.requests if timed else lambda: 0,
+            events=self.events,
+            before=lambda: settle(contender, mode=mode, concurrency=settings.concurrency, replicas=REPLICAS),
+        )
+        return block.summary()
 
 
 async def _scenario_rounds(
-    scenario: Scenario,
-    fleet: Fleet,
-    sidecars: Sequence[_Sidecar],
-    settings: Settings,
-    wanted: Sequence[str],
-    events: Mapping[str, int],
-    progress: Progress,
-) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    driver: _Driver, sidecars: Sequence[_Sidecar], wanted: Sequence[str], pki: certificates.Pki | None
+) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, dict[str, list[dict[str, Any]]]]]:
+    scenario, settings, progress = driver.scenario, driver.settings, driver.progress
     rounds: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    rate = (scenario.policy.rate_limit or settings.rate) * scenario.rate_factor
-    limit = settings.requests / rate + scenario.policy.total_timeout + 10.0
-    contenders = _clients(scenario, fleet, sidecars, wanted)
+    cpu: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    contenders = build(scenario, driver.fleet, [(s.name, s.url, s.sidecar) for s in sidecars], wanted, pki)
     for mode in settings.modes:  # tables list the contenders in this order, whatever order a round ran them in
         rounds[mode] = {contender.name: [] for contender in contenders}
     try:
         for contender in contenders:
-            await run_block(
-                contender,
-                mode="closed",
-                count=settings.warmup,
-                rate=rate,
-                concurrency=settings.concurrency,
-                limit=limit,
-                upstream_requests=lambda: 0,
-                events=events,
-            )
+            await driver.block(contender, "closed", settings.warmup, timed=False)
         for index in range(settings.rounds):
             for mode_index, mode in enumerate(settings.modes):
                 shift = (index + mode_index) % len(contenders)
                 for contender in (*contenders[shift:], *contenders[:shift]):
-                    gc.collect()
-                    block = await run_block(
-                        contender,
-                        mode=mode,
-                        count=settings.requests,
-                        rate=rate,
-                        concurrency=settings.concurrency,
-                        limit=limit,
-                        upstream_requests=fleet.requests,
-                        events=events,
-                    )
-                    summary = block.summary()
+                    summary = await driver.block(contender, mode, settings.requests)
                     summary["round"] = index
                     rounds[mode][contender.name].append(summary)
                     progress.block(f"{scenario.name} {mode} r{index + 1} {contender.name}")
+        if scenario.name == CONTROL_SCENARIO and settings.cpu_pairs:
+            # The CPU phase: many small blocks, every contender once per round in a shuffled order, so that each
+            # round is one paired comparison taken within seconds (see connectivity.compare.stats).
+            shuffle = random.Random(f"{settings.seed}:cpu")
+            for mode in settings.modes:
+                cpu[mode] = {contender.name: [] for contender in contenders}
+                for index in range(settings.cpu_pairs):
+                    for contender in shuffle.sample(contenders, len(contenders)):
+                        summary = await driver.block(contender, mode, settings.cpu_requests)
+                        summary["round"] = index
+                        cpu[mode][contender.name].append(summary)
+                        progress.block(f"cpu {mode} p{index + 1} {contender.name}")
     finally:
         with anyio.CancelScope(shield=True):
             for contender in contenders:
                 await contender.client.aclose()
-    return rounds
+    return rounds, cpu
 
 
 def _run_scenario(
@@ -290,6 +283,7 @@ def _run_scenario(
     events: Mapping[str, int],
     progress: Progress,
     wanted: Sequence[str],
+    pki: certificates.Pki | None,
 ) -> _Scenario:
     result = _Scenario()
     for index in range(REPLICAS):
@@ -298,19 +292,14 @@ def _run_scenario(
         fleet.stop(index)
     try:
         with contextlib.ExitStack() as stack:
-            sidecars = _start_sidecars(stack, module, proxies, scenario, fleet, workdir, progress)
+            sidecars = _start_sidecars(stack, module, proxies, scenario, fleet, workdir, progress, pki)
             result.unsupported = {sidecar.name: list(sidecar.unsupported) for sidecar in sidecars}
+            # A proxy with nothing to read reports no policy events at all, which is not the same as zero of them.
+            result.silent = [sidecar.name for sidecar in sidecars if not sidecar.sidecar.counters()]
             before = fleet.requests_by_replica()
-            result.rounds = anyio.run(
-                _scenario_rounds,
-                scenario,
-                fleet,
-                sidecars,
-                settings,
-                wanted,
-                events,
-                progress,
-                backend="asyncio",
+            driver = _Driver(scenario, fleet, settings, events, progress)
+            result.rounds, result.cpu = anyio.run(
+                _scenario_rounds, driver, sidecars, wanted, pki, backend="asyncio"
             )
             after = fleet.requests_by_replica()
             result.replica_requests = [
@@ -374,7 +363,9 @@ def run(
     per_scenario = len(settings.modes) * settings.rounds
     contender_count = sum(1 for name in (BARE, IN_PROCESS) if not wanted or name in wanted) + len(proxies)
     controls = sum(1 for s in scenarios if s.name == CONTROL_SCENARIO) if not wanted or BARE in wanted else 0
-    hears.start((len(scenarios) * contender_count + controls) * per_scenario)
+    healthy = any(s.name == CONTROL_SCENARIO for s in scenarios)
+    cpu_blocks = len(settings.modes) * settings.cpu_pairs * (contender_count + controls) if healthy else 0
+    hears.start((len(scenarios) * contender_count + controls) * per_scenario + cpu_blocks)
     events: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -389,13 +380,27 @@ def run(
         with contextlib.ExitStack() as stack:
             directory = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cx-compare-")))
             fleet = stack.enter_context(Fleet(REPLICAS, seed=settings.seed))
+            pki: certificates.Pki | None = None
+            tls_fleet: Fleet | None = None
             for scenario in scenarios:
                 noting.note(f"scenario {scenario.name}: {scenario.title}")
+                serving = fleet
+                if scenario.mtls:
+                    if tls_fleet is None:
+                        (directory / "pki").mkdir(parents=True, exist_ok=True)
+                        pki = certificates.make(directory / "pki", [BARE, IN_PROCESS, "fleet", *proxies])
+                        tls_fleet = stack.enter_context(
+                            Fleet(REPLICAS, seed=settings.seed, tls=pki.server, control=pki.clients["fleet"])
+                        )
+                    serving = tls_fleet
                 measured = _run_scenario(
-                    scenario, fleet, settings, module, proxies, directory, events, noting, wanted
+                    scenario, serving, settings, module, proxies, directory, events, noting, wanted, pki
                 )
                 results[scenario.name] = summarise(scenario, measured.rounds, measured.unsupported)
                 results[scenario.name]["replica_requests"] = measured.replica_requests
+                results[scenario.name]["events_not_reported"] = measured.silent
+                if measured.cpu:
+                    results[scenario.name]["cpu"] = summarise_cpu(measured.cpu)
     finally:
         unsubscribe()
     return {
@@ -470,4 +475,6 @@ def _settings_dict(settings: Settings) -> dict[str, Any]:
         "modes": list(settings.modes),
         "seed": settings.seed,
         "quick": settings.quick,
+        "cpu_pairs": settings.cpu_pairs,
+        "cpu_requests": settings.cpu_requests,
     }

@@ -39,6 +39,8 @@ class Scenario:
         rate_factor: The open-loop rate is this times the configured rate (above 1: a burst over the limit).
         failing_replica: A replica fails in this scenario: the in-process stack's success rate is checked
             against every sidecar's.
+        mtls: Every hop to the replicas is mutual TLS (the replicas require a client certificate); a sidecar's
+            client talks plain HTTP to it on the loopback, as in a pod.
 
     .. versionadded:: 0.1
     """
@@ -50,6 +52,7 @@ class Scenario:
     down: frozenset[int] = frozenset()
     rate_factor: float = 1.0
     failing_replica: bool = False
+    mtls: bool = False
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -75,8 +78,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "429",
-        "one replica answers 429 with Retry-After: 1 to 50 % of requests",
+        "one replica answers 429 with Retry-After: 1 to 50 % of requests (429 retried, Retry-After honoured)",
+        policy=Policy(retry_statuses=frozenset({429, 502, 503, 504}), retry_after_cap=2.0),
         faults=MappingProxyType({_BAD: Faults(error_rate=0.5, error_status=429, retry_after="1")}),
+        failing_replica=True,
     ),
     Scenario(
         "burst",
@@ -84,6 +89,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         policy=Policy(rate_limit=100.0, burst=20),
         rate_factor=2.0,
     ),
+    Scenario("mtls", "every replica healthy, mutual TLS on every hop to the replicas", mtls=True),
 )
 """Every scenario, in the order they run."""
 

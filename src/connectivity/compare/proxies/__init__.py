@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from connectivity.compare.pki import Material
 from connectivity.compare.policy import Policy
 from connectivity.compare.proxies import caddy, haproxy, nginx
 from connectivity.compare.proxies._process import Sidecar, SidecarError, free_port
@@ -36,6 +37,7 @@ __all__ = [
     "Rendered",
     "Sidecar",
     "binary",
+    "counters",
     "environment",
     "free_port",
     "launch",
@@ -132,7 +134,13 @@ def environment(workdir: Path) -> dict[str, str]:
 
 
 def render(
-    proxy: str, policy: Policy, upstreams: Sequence[tuple[str, int]], listen: tuple[str, int], workdir: Path
+    proxy: str,
+    policy: Policy,
+    upstreams: Sequence[tuple[str, int]],
+    listen: tuple[str, int],
+    workdir: Path,
+    *,
+    tls: Material | None = None,
 ) -> Rendered:
     """Write ``proxy``'s configuration for ``policy`` in front of ``upstreams``, listening on ``listen``.
 
@@ -142,6 +150,8 @@ def render(
         upstreams: ``(host, port)`` of every replica.
         listen: ``(host, port)`` the proxy listens on (see :func:`free_port`).
         workdir: An existing directory, the proxy's own (the configuration and everything it writes go there).
+        tls: Originate mutual TLS to the replicas with this certificate (``None``: plain HTTP); the client side
+            stays plain (a sidecar listens on the loopback of its pod).
 
     Returns:
         The configuration's path, the command to run, and what the proxy cannot express.
@@ -165,7 +175,7 @@ def render(
     if not workdir.is_dir():
         raise ConfigError("workdir", str(workdir), "must be an existing directory")
     module = _MODULES[proxy]
-    text, unsupported = module.config(policy, upstreams, listen, workdir)
+    text, unsupported = module.config(policy, upstreams, listen, workdir, tls)
     path = workdir / module.CONFIG_NAME
     path.write_text(text, encoding="utf-8")
     executable = binary(proxy) or proxy
@@ -210,6 +220,15 @@ def validate(rendered: Rendered) -> None:
         raise ProxyConfigError(rendered.proxy, f"{' '.join(command)} exited {completed.returncode}:\n{output}")
 
 
+def counters(rendered: Rendered) -> dict[str, int]:
+    """What the proxy reports it did so far: cumulative ``retries``, ``ejections`` and ``rate_limited`` counts,
+    read from its logs (nginx) or stats socket (HAProxy); empty for what it does not report (Caddy).
+
+    .. versionadded:: 0.1
+    """
+    return dict(_MODULES[rendered.proxy].counters(rendered.workdir))
+
+
 def launch(
     proxy: str,
     policy: Policy,
@@ -219,8 +238,10 @@ def launch(
     host: str = "127.0.0.1",
     timeout: float = 10.0,
     attempts: int = 3,
+    tls: Material | None = None,
 ) -> tuple[Rendered, Sidecar]:
-    """Render, validate and start ``proxy`` on a free port of ``host``; on a port taken meanwhile, on another.
+    """Render, validate and start ``proxy`` on a free port of ``host``; on a port taken meanwhile, on another
+    (``tls``: as :func:`render`).
 
     Returns:
         What was rendered and the running sidecar.
@@ -234,7 +255,7 @@ def launch(
     """
     at_least_int("launch.attempts", attempts, 1)
     for attempt in range(attempts):
-        rendered = render(proxy, policy, upstreams, (host, free_port(host)), workdir)
+        rendered = render(proxy, policy, upstreams, (host, free_port(host)), workdir, tls=tls)
         validate(rendered)
         try:
             return rendered, Sidecar.start(rendered, timeout=timeout)

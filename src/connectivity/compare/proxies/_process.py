@@ -213,6 +213,12 @@ class Sidecar:
                 total += process_rss_bytes(pid)
         return total
 
+    def counters(self) -> dict[str, int]:
+        """What the proxy reports it did so far (see :func:`connectivity.compare.proxies.counters`)."""
+        from connectivity.compare.proxies import counters
+
+        return counters(self.rendered)
+
     def pids(self) -> list[int]:
         """Processes of the proxy alive now."""
         return [] if self._stopped else group_pids(self.pid)

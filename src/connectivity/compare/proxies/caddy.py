@@ -6,7 +6,12 @@ try; passive health is ``max_fails`` / ``fail_duration`` / ``unhealthy_status 5x
 could not get a response (a dial error, or any error for requests ``lb_retry_match`` allows), never because of a
 response status, and stock Caddy has no rate limiter: both are listed as unsupported. The admin endpoint is off,
 automatic HTTPS too, and the storage is in the work directory (the sidecar also points ``HOME`` and ``XDG_*``
-there).
+there). With upstream TLS material the transport originates mutual TLS (``tls_client_auth``,
+``tls_trusted_ca_certs``, ``tls_server_name``).
+
+What it did: :func:`counters` has nothing to read. Caddy's access log has no retry count, and with the admin
+endpoint on, ``/reverse_proxy/upstreams`` gives only requests in flight and the failures still remembered, not how
+many retries or ejections happened; the fleet's own count (upstream requests per request) shows its retries.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from connectivity.compare.pki import SERVER_NAME, Material
 from connectivity.compare.policy import Policy
 
-__all__ = ["command", "config", "validate_command"]
+__all__ = ["command", "config", "counters", "validate_command"]
 
 CONFIG_NAME = "Caddyfile"
 
@@ -30,7 +36,11 @@ def _address(host: str, port: int) -> str:
 
 
 def config(
-    policy: Policy, upstreams: Sequence[tuple[str, int]], listen: tuple[str, int], workdir: Path
+    policy: Policy,
+    upstreams: Sequence[tuple[str, int]],
+    listen: tuple[str, int],
+    workdir: Path,
+    tls: Material | None = None,
 ) -> tuple[str, tuple[str, ...]]:
     """The Caddyfile text for ``policy``, and what of it Caddy cannot express."""
     unsupported: list[str] = []
@@ -57,6 +67,14 @@ def config(
         unsupported.append(
             "rate_limit: stock Caddy has no rate limiter (the caddy-ratelimit plugin is not built in)"
         )
+    upstream_tls = ""
+    if tls is not None:
+        upstream_tls = (
+            "\t\t\ttls\n"
+            f'\t\t\ttls_client_auth "{tls.cert}" "{tls.key}"\n'
+            f'\t\t\ttls_trusted_ca_certs "{tls.ca}"\n'
+            f"\t\t\ttls_server_name {SERVER_NAME}\n"
+        )
     lb = "least_conn" if policy.balancing == "least_request" else "round_robin"
     targets = " ".join(_address(host, port) for host, port in upstreams)
     host, port = listen
@@ -78,12 +96,18 @@ http://{_address(host, port)} {{
 \t\t\tdial_timeout {_ms(policy.per_try_timeout)}
 \t\t\tresponse_header_timeout {_ms(policy.per_try_timeout)}
 \t\t\tkeepalive 600s
-\t\t}}
+{upstream_tls}\t\t}}
 \t}}
 }}
 """,
         tuple(unsupported),
     )
+
+
+def counters(workdir: Path) -> dict[str, int]:
+    """Nothing: Caddy does not report its retries or ejections (see the module docstring)."""
+    del workdir
+    return {}
 
 
 def command(binary: str, config_path: Path, workdir: Path) -> list[str]:

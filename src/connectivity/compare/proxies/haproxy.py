@@ -5,24 +5,35 @@ empty-response response-timeout <statuses>`` and ``option redispatch 1`` (every 
 ``timeout connect`` / ``timeout server`` bound a try; passive ejection is ``observe layer7 error-limit <n>
 on-error mark-down`` on each server, which needs ``check``: the replica comes back after a successful active TCP
 check, run every ``ejection_time`` while it is down. The rate limit is approximated by a one-entry stick table
-counting ``http_req_rate`` over a sliding window and ``http-request deny deny_status 429`` above it. One process,
-one thread, in the foreground (``-db``), no stats page, no logs.
+counting ``http_req_rate`` over a sliding window and ``http-request deny deny_status 429`` above it. With upstream
+TLS material every ``server`` line originates mutual TLS (``ssl crt ... ca-file ... verify required verifyhost``).
+One process, one thread, in the foreground (``-db``), no stats page, no logs; a stats socket in the work directory.
+
+What it did (:func:`counters`): the stats socket (a Unix socket in the work directory, read between blocks, no
+cost per request) gives per-server ``wretr`` (tries after the first; one redispatched to another server counts
+in ``wredis`` as well, so that one is not added), ``chkdown`` (a replica marked down: an ejection) and the
+frontend's ``dreq`` (requests denied: the rate limit).
 """
 
 from __future__ import annotations
 
+import csv
 import math
+import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+from connectivity.compare.pki import SERVER_NAME, Material
 from connectivity.compare.policy import Policy
 
-__all__ = ["RETRYABLE", "command", "config", "validate_command"]
+__all__ = ["RETRYABLE", "command", "config", "counters", "validate_command"]
 
 RETRYABLE = frozenset({500, 501, 502, 503, 504})
-"""The 5xx statuses ``retry-on`` accepts."""
+"""The statuses of a policy ``retry-on`` accepts (it also takes 401, 403, 404, 408 and 425, but not 429)."""
 
 CONFIG_NAME = "haproxy.cfg"
+STATS_SOCKET = "haproxy.sock"
 
 
 def _ms(seconds: float) -> str:
@@ -34,15 +45,20 @@ def _address(host: str, port: int) -> str:
 
 
 def config(
-    policy: Policy, upstreams: Sequence[tuple[str, int]], listen: tuple[str, int], workdir: Path
+    policy: Policy,
+    upstreams: Sequence[tuple[str, int]],
+    listen: tuple[str, int],
+    workdir: Path,
+    tls: Material | None = None,
 ) -> tuple[str, tuple[str, ...]]:
     """The HAProxy configuration text for ``policy``, and what of it HAProxy cannot express."""
-    del workdir  # HAProxy in the foreground writes nothing
     unsupported: list[str] = []
     statuses = sorted(policy.retry_statuses & RETRYABLE)
     if policy.retry_statuses - RETRYABLE:
         left = ", ".join(map(str, sorted(policy.retry_statuses - RETRYABLE)))
-        unsupported.append(f"retry_statuses: HAProxy's retry-on takes only 500 to 504 among 5xx; not {left}")
+        unsupported.append(
+            f"retry_statuses: HAProxy's retry-on takes 401, 403, 404, 408, 425 and 500 to 504, not {left}"
+        )
     unsupported.append("total_timeout: HAProxy has no deadline across tries; each try gets timeout server again")
     retry = ""
     if policy.attempts > 1:
@@ -84,13 +100,21 @@ def config(
             f"{period}s window, not a token bucket"
         )
     balance = "leastconn" if policy.balancing == "least_request" else "roundrobin"
+    upstream_tls = ""
+    if tls is not None:
+        upstream_tls = (
+            f' ssl crt "{tls.bundle}" ca-file "{tls.ca}" verify required'
+            f" verifyhost {SERVER_NAME} sni str({SERVER_NAME})"
+        )
     servers = "".join(
-        f"    server s{index} {_address(host, port)}{health}\n" for index, (host, port) in enumerate(upstreams)
+        f"    server s{index} {_address(host, port)}{upstream_tls}{health}\n"
+        for index, (host, port) in enumerate(upstreams)
     )
     return (
         f"""global
     nbthread 1
     maxconn 4096
+    stats socket unix@{STATS_SOCKET} mode 600 level user
 
 defaults
     mode http
@@ -111,6 +135,44 @@ backend service
 {servers}""",
         tuple(unsupported),
     )
+
+
+def counters(workdir: Path) -> dict[str, int]:
+    """What HAProxy did so far, from its stats socket: ``retries`` (``wretr`` over the servers),
+    ``ejections`` (``chkdown``) and ``rate_limited`` (the frontend's ``dreq``); empty when the socket is silent."""
+    try:
+        # The socket is bound relative to the work directory (HAProxy runs there); a Unix socket path is limited
+        # to ~108 bytes, so it is reached through a descriptor of the directory, whatever the directory's length.
+        directory = os.open(workdir, os.O_RDONLY)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stats:
+                stats.settimeout(2.0)
+                stats.connect(f"/proc/self/fd/{directory}/{STATS_SOCKET}")
+                stats.sendall(b"show stat\n")
+                chunks = []
+                while chunk := stats.recv(65536):
+                    chunks.append(chunk)
+        finally:
+            os.close(directory)
+    except OSError:
+        return {}
+    lines = b"".join(chunks).decode(errors="replace").splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return {}
+    rows = list(csv.DictReader([lines[0][2:], *lines[1:]]))
+    found = {"retries": 0, "ejections": 0, "rate_limited": 0}
+
+    def number(row: dict[str, str], column: str) -> int:
+        value = row.get(column) or "0"
+        return int(value) if value.isdigit() else 0
+
+    for row in rows:
+        if row.get("svname") not in ("FRONTEND", "BACKEND"):
+            found["retries"] += number(row, "wretr")
+            found["ejections"] += number(row, "chkdown")
+        elif row.get("svname") == "FRONTEND":
+            found["rate_limited"] += number(row, "dreq")
+    return found
 
 
 def command(binary: str, config_path: Path, workdir: Path) -> list[str]:
