@@ -10,6 +10,9 @@ backoff.
   telemetry=False, request_id=False)``: the resilience stack alone: retries, a 10 s deadline over all attempts and
   a retry budget;
 * ``connectivity (+breaker)``: the same plus a per-host circuit breaker and a bulkhead (the breaker's full stack);
+* ``connectivity (+balancer)``: the full stack plus client-side load balancing: ``discovery=[<upstream
+  host:port>]`` (one endpoint, the default EWMA picker), the requests addressed to the logical service
+  (``http://upstream/``, see :func:`request_url`) instead of the upstream's address;
 * ``connectivity (defaults)``: the full stack as ``cx.transport`` builds it by default, with the tracing layer (no
   OpenTelemetry SDK configured: the cost every user pays) and request-id propagation on top;
 * ``connectivity (retry)``: ``cx.transports.RetryTransport(cx.transports.HTTPTransport(), cx.Retry())``: 3
@@ -19,12 +22,14 @@ backoff.
 * ``httpx (control)``: a second bare client, measured like the others: how far it lands from ``httpx`` is the
   noise floor of a run.
 
-httpx-retries and stamina are optional: :func:`available` says whether a contender can be built here.
+httpx-retries and stamina are optional: :func:`available` says whether a contender can be built here. Every
+contender's ``get`` is called with :func:`request_url` of its name and the upstream's URL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +38,7 @@ import httpx
 import connectivity as cx
 
 __all__ = [
+    "BALANCED_STACK",
     "BARE",
     "BREAKER_STACK",
     "CONTENDERS",
@@ -43,11 +49,13 @@ __all__ = [
     "HTTPX_RETRIES",
     "RETRY_ONLY",
     "RETRY_STATUSES",
+    "SERVICE",
     "STAMINA",
     "AsyncGet",
     "SyncGet",
     "async_get",
     "available",
+    "request_url",
     "sync_get",
 ]
 
@@ -56,6 +64,10 @@ FULL_STACK = "connectivity (full)"
 """Retries, a total deadline and a retry budget: the resilience stack with nothing else."""
 BREAKER_STACK = "connectivity (+breaker)"
 """The full stack plus a per-host circuit breaker and a bulkhead."""
+BALANCED_STACK = "connectivity (+balancer)"
+"""The full stack plus load balancing over one discovered endpoint (the upstream), addressed by service name."""
+SERVICE = "upstream"
+"""The logical service name the balanced contender's requests are addressed to."""
 DEFAULTS = "connectivity (defaults)"
 """The full stack with ``cx.transport``'s defaults: tracing (no SDK) and request ids on."""
 RETRY_ONLY = "connectivity (retry)"
@@ -63,7 +75,17 @@ HTTPX_RETRIES = "httpx-retries"
 STAMINA = "stamina"
 CONTROL = "httpx (control)"
 """A second bare client: its distance from ``httpx`` is the measurement's noise floor in that run."""
-CONTENDERS = (BARE, FULL_STACK, BREAKER_STACK, DEFAULTS, RETRY_ONLY, HTTPX_RETRIES, STAMINA, CONTROL)
+CONTENDERS = (
+    BARE,
+    FULL_STACK,
+    BREAKER_STACK,
+    BALANCED_STACK,
+    DEFAULTS,
+    RETRY_ONLY,
+    HTTPX_RETRIES,
+    STAMINA,
+    CONTROL,
+)
 """Every contender, the baseline first and its control twin last."""
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -73,6 +95,8 @@ DESCRIPTIONS = {
     FULL_STACK: "cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()), "
     "telemetry=False, request_id=False)",
     BREAKER_STACK: "the full stack plus breaker=cx.CircuitBreaker(), bulkhead=cx.Bulkhead()",
+    BALANCED_STACK: f"the full stack plus discovery=['<upstream host:port>'], service={SERVICE!r} (default EWMA "
+    f"picker); requests to http://{SERVICE}/",
     DEFAULTS: "cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget())): tracing "
     "(no SDK) and request ids on, as built by default",
     RETRY_ONLY: "cx.transports.RetryTransport(cx.transports.HTTPTransport(), cx.Retry()): 3 attempts, "
@@ -106,14 +130,33 @@ def available(name: str) -> bool:
     return True
 
 
-def _transport(name: str, *, sync: bool) -> httpx.BaseTransport | httpx.AsyncBaseTransport | None:
+def request_url(name: str, upstream: str) -> str:
+    """The URL contender ``name`` sends its requests to, given the upstream's (the service's, when balanced)."""
+    return f"http://{SERVICE}/" if name == BALANCED_STACK else upstream
+
+
+def _endpoint(upstream: str | None) -> str:
+    """``host:port`` of the upstream URL, the balanced contender's one discovered endpoint."""
+    if upstream is None:
+        raise ValueError(f"{BALANCED_STACK} needs the upstream's URL to discover it")
+    netloc = urllib.parse.urlsplit(upstream).netloc
+    if not netloc:
+        raise ValueError(f"not an absolute URL: {upstream!r}")
+    return netloc
+
+
+def _transport(
+    name: str, *, sync: bool, upstream: str | None = None
+) -> httpx.BaseTransport | httpx.AsyncBaseTransport | None:
     """The transport of contender ``name`` (``None``: httpx's default one)."""
-    if name in (FULL_STACK, BREAKER_STACK, DEFAULTS):
+    if name in (FULL_STACK, BREAKER_STACK, BALANCED_STACK, DEFAULTS):
         options: dict[str, Any] = {"timeout": cx.Timeout(total=10.0), "retry": cx.Retry(budget=cx.RetryBudget())}
         if name != DEFAULTS:
             options.update(telemetry=False, request_id=False)
         if name == BREAKER_STACK:
             options.update(breaker=cx.CircuitBreaker(), bulkhead=cx.Bulkhead())
+        if name == BALANCED_STACK:
+            options.update(discovery=[_endpoint(upstream)], service=SERVICE)
         return cx.transport(**options)
     if name == RETRY_ONLY:
         return cx.transports.RetryTransport(cx.transports.HTTPTransport(), cx.Retry())
@@ -130,15 +173,18 @@ def _transport(name: str, *, sync: bool) -> httpx.BaseTransport | httpx.AsyncBas
     return None
 
 
-def sync_get(name: str, stack: contextlib.ExitStack) -> SyncGet:
+def sync_get(name: str, stack: contextlib.ExitStack, upstream: str | None = None) -> SyncGet:
     """Contender ``name``'s ``get(url)`` on a new :class:`httpx.Client` that ``stack`` closes.
 
+    ``upstream`` (the upstream's URL) is needed by the balanced contender, which discovers it as its endpoint;
+    call ``get`` with :func:`request_url`.
+
     Raises:
-        ValueError: Unknown contender.
+        ValueError: Unknown contender, or the balanced one without ``upstream``.
         ImportError: The contender's library is not installed (see :func:`available`).
     """
     available(name)
-    transport: Any = _transport(name, sync=True)
+    transport: Any = _transport(name, sync=True, upstream=upstream)
     client = stack.enter_context(httpx.Client(transport=transport, trust_env=False))
     if name != STAMINA:
         return client.get
@@ -154,15 +200,16 @@ def sync_get(name: str, stack: contextlib.ExitStack) -> SyncGet:
     return stamina_get
 
 
-async def async_get(name: str, stack: contextlib.AsyncExitStack) -> AsyncGet:
-    """Contender ``name``'s ``get(url)`` on a new :class:`httpx.AsyncClient` that ``stack`` closes.
+async def async_get(name: str, stack: contextlib.AsyncExitStack, upstream: str | None = None) -> AsyncGet:
+    """Contender ``name``'s ``get(url)`` on a new :class:`httpx.AsyncClient` that ``stack`` closes (see
+    :func:`sync_get` for ``upstream``).
 
     Raises:
-        ValueError: Unknown contender.
+        ValueError: Unknown contender, or the balanced one without ``upstream``.
         ImportError: The contender's library is not installed (see :func:`available`).
     """
     available(name)
-    transport: Any = _transport(name, sync=False)
+    transport: Any = _transport(name, sync=False, upstream=upstream)
     client = await stack.enter_async_context(httpx.AsyncClient(transport=transport, trust_env=False))
     if name != STAMINA:
         return client.get

@@ -2,7 +2,8 @@
 
 ``python -m bench._ir_client URL MODE CONTENDER COUNT SEGMENTS`` builds ``CONTENDER`` (see
 :mod:`bench._contenders`) on a keep-alive client, sync (``MODE`` ``sync``, :class:`httpx.Client`) or async
-(``async``, :class:`httpx.AsyncClient` on asyncio), and sends sequential ``GET`` requests to ``URL``:
+(``async``, :class:`httpx.AsyncClient` on asyncio), and sends sequential ``GET`` requests to ``URL`` (the balanced
+contender: to its service, whose one endpoint is ``URL``):
 :data:`WARMUP` uncounted ones, then one empty segment, then ``SEGMENTS`` segments of ``COUNT`` requests.
 
 Each segment starts with a full garbage collection and a call of :func:`os.getppid`, and ends with a call of
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from bench._contenders import CONTENDERS, async_get, sync_get
+from bench._contenders import CONTENDERS, async_get, request_url, sync_get
 
 __all__ = ["DUMP_MARKER", "MODES", "WARMUP", "ZERO_MARKER", "main"]
 
@@ -55,15 +56,16 @@ def _end() -> None:
 def _sync(url: str, name: str, count: int, segments: int) -> int:
     failures = 0
     with contextlib.ExitStack() as stack:
-        get = sync_get(name, stack)
+        get = sync_get(name, stack, url)
+        target = request_url(name, url)
         for _ in range(WARMUP):
-            failures += get(url).status_code != 200
+            failures += get(target).status_code != 200
         _begin()
         _end()
         for _ in range(segments):
             _begin()
             for _ in range(count):
-                failures += get(url).status_code != 200
+                failures += get(target).status_code != 200
             _end()
     return failures
 
@@ -71,15 +73,16 @@ def _sync(url: str, name: str, count: int, segments: int) -> int:
 async def _async(url: str, name: str, count: int, segments: int) -> int:
     failures = 0
     async with contextlib.AsyncExitStack() as stack:
-        get = await async_get(name, stack)
+        get = await async_get(name, stack, url)
+        target = request_url(name, url)
         for _ in range(WARMUP):
-            failures += (await get(url)).status_code != 200
+            failures += (await get(target)).status_code != 200
         _begin()
         _end()
         for _ in range(segments):
             _begin()
             for _ in range(count):
-                failures += (await get(url)).status_code != 200
+                failures += (await get(target)).status_code != 200
             _end()
     return failures
 

@@ -9,6 +9,8 @@ transport errors and on 429/502/503/504 with short exponential backoff (built by
 * ``connectivity (full)``: ``cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()),
   telemetry=False, request_id=False)``: retries, a deadline over all attempts and a retry budget;
 * ``connectivity (+breaker)``: the same plus a per-host circuit breaker and a bulkhead;
+* ``connectivity (+balancer)``: the full stack plus load balancing over one discovered endpoint (the upstream),
+  its requests addressed to the service (``http://upstream/``);
 * ``connectivity (defaults)``: the full stack as built by default, with tracing (no SDK) and request ids: shown,
   not held to the ratio (tracing's own budget is checked in-process by :mod:`bench.tracing`);
 * ``connectivity (retry)``: ``cx.transports.RetryTransport(cx.transports.HTTPTransport(), cx.Retry())``: retries
@@ -23,8 +25,8 @@ contender after a warm-up, the contenders taking turns every ``block`` requests 
 machine lands on all of them alike. Client CPU is :func:`time.process_time_ns` summed over a contender's blocks and
 divided by its requests; latency is wall time per request. Reported values are medians over the rounds.
 
-The targets: the full stack and the breaker stack <= :data:`TARGET_RATIO` x bare httpx client CPU, the full stack
-cheaper than stamina;
+The targets: the full stack and the breaker stack <= :data:`TARGET_RATIO` x bare httpx client CPU, the balanced
+stack <= :data:`BALANCED_TARGET_RATIO` x, the full stack cheaper than stamina;
 ``connectivity (retry)`` cheaper than httpx-retries, which does the same job. :mod:`bench.instructions` counts
 the same work in instructions, which machine noise does not move.
 """
@@ -39,15 +41,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
 
 from bench._contenders import (
+    BALANCED_STACK,
     BARE,
     BREAKER_STACK,
     CONTENDERS,
@@ -61,16 +64,30 @@ from bench._contenders import (
     SyncGet,
     async_get,
     available,
+    request_url,
     sync_get,
 )
 from bench._harness import machine_info, median, percentile, pinned, pinning, publish, schedule, table, verdict
 
-__all__ = ["FULL", "QUICK", "TARGET_RATIO", "Server", "Settings", "run", "serve", "upstream"]
+__all__ = [
+    "BALANCED_TARGET_RATIO",
+    "FULL",
+    "QUICK",
+    "TARGET_RATIO",
+    "Server",
+    "Settings",
+    "run",
+    "serve",
+    "upstream",
+]
 
 TARGET_RATIO = 1.02
 """Most client CPU the connectivity stack may cost, relative to a bare httpx client."""
+BALANCED_TARGET_RATIO = 1.03
+"""Most client CPU the stack with load balancing may cost, relative to a bare httpx client."""
 
 HOST = "127.0.0.1"
+_T = TypeVar("_T")
 _ROOT = Path(__file__).resolve().parent.parent
 _STARTUP_TIMEOUT = 20.0
 
@@ -215,12 +232,34 @@ def upstream(cpu: int | None = None, *, attempts: int = 3) -> Iterator[str]:
 # -- contenders -------------------------------------------------------------------------------------------
 
 
-async def _async_contenders(stack: contextlib.AsyncExitStack) -> dict[str, AsyncGet]:
-    return {name: await async_get(name, stack) for name in CONTENDERS if available(name)}
+def _sent_to(get: Callable[[str], _T], target: str) -> Callable[[str], _T]:
+    """``get`` that ignores the URL it is called with and requests ``target`` (the balanced contender's service):
+    the rounds call every contender with the upstream's URL."""
+
+    def call(_url: str) -> _T:
+        return get(target)
+
+    return call
 
 
-def _sync_contenders(stack: contextlib.ExitStack) -> dict[str, SyncGet]:
-    return {name: sync_get(name, stack) for name in CONTENDERS if available(name)}
+async def _async_contenders(stack: contextlib.AsyncExitStack, url: str) -> dict[str, AsyncGet]:
+    calls: dict[str, AsyncGet] = {}
+    for name in CONTENDERS:
+        if available(name):
+            get = await async_get(name, stack, url)
+            target = request_url(name, url)
+            calls[name] = get if target == url else _sent_to(get, target)
+    return calls
+
+
+def _sync_contenders(stack: contextlib.ExitStack, url: str) -> dict[str, SyncGet]:
+    calls: dict[str, SyncGet] = {}
+    for name in CONTENDERS:
+        if available(name):
+            get = sync_get(name, stack, url)
+            target = request_url(name, url)
+            calls[name] = get if target == url else _sent_to(get, target)
+    return calls
 
 
 # -- rounds -----------------------------------------------------------------------------------------------
@@ -314,13 +353,13 @@ async def _async_rounds(
 
 def _sync_mode(url: str, settings: Settings) -> dict[str, list[dict[str, Any]]]:
     with contextlib.ExitStack() as stack:
-        return _sync_rounds(_sync_contenders(stack), url, settings)
+        return _sync_rounds(_sync_contenders(stack, url), url, settings)
 
 
 def _async_mode(url: str, settings: Settings) -> dict[str, list[dict[str, Any]]]:
     async def measure() -> dict[str, list[dict[str, Any]]]:
         async with contextlib.AsyncExitStack() as stack:
-            return await _async_rounds(await _async_contenders(stack), url, settings)
+            return await _async_rounds(await _async_contenders(stack, url), url, settings)
 
     return anyio.run(measure, backend="asyncio")
 
@@ -366,6 +405,10 @@ def _summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         for name in (FULL_STACK, BREAKER_STACK)
         if name in contenders
     }
+    if BALANCED_STACK in contenders:
+        checks[f"{BALANCED_STACK} <= {BALANCED_TARGET_RATIO}x {BARE}"] = (
+            cost(BALANCED_STACK) <= BALANCED_TARGET_RATIO * bare
+        )
     if RETRY_ONLY in contenders and HTTPX_RETRIES in contenders:
         checks[f"{RETRY_ONLY} < {HTTPX_RETRIES} (same job)"] = cost(RETRY_ONLY) < cost(HTTPX_RETRIES)
     if STAMINA in contenders:
@@ -471,6 +514,7 @@ def run(
         "benchmark": "e2e",
         "quick": quick,
         "target_ratio": TARGET_RATIO,
+        "balanced_target_ratio": BALANCED_TARGET_RATIO,
         "config": {
             "requests_per_round": settings.requests,
             "rounds": settings.rounds,

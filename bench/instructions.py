@@ -15,9 +15,15 @@ sample. Everything outside the segments (interpreter start-up, imports, the warm
 ``PYTHONHASHSEED`` is fixed, so string hashing is the same in every run. ``httpx (control)``, a second bare client
 in a process of its own, shows how far two identical contenders land apart: the noise floor of the run.
 
-Targets: ``connectivity (full)`` and ``connectivity (+breaker)`` <= :data:`TARGET_RATIO` x bare httpx
-(``connectivity (defaults)``, with tracing and request ids, is shown); ``connectivity (retry)`` cheaper than
+Targets: ``connectivity (full)`` and ``connectivity (+breaker)`` <= :data:`TARGET_RATIO` x bare httpx,
+``connectivity (+balancer)`` <= :data:`BALANCED_TARGET_RATIO` x (``connectivity (defaults)``, with tracing and
+request ids, is shown); ``connectivity (retry)`` cheaper than
 httpx-retries (the same job: 3 attempts, no budget, no deadline); ``connectivity (full)`` cheaper than stamina.
+
+``python -m bench.instructions [--contender NAME ...] [--mode sync|async] [--segments N] [--requests N]`` counts
+a few contenders only (the baseline is always counted), for a quicker look while working on one layer; its JSON
+goes to ``--results-dir`` (default: a file of its own, ``instructions-partial.json``, so a partial run never
+replaces the full one).
 
 valgrind is optional: without it (or when it cannot run Python here) the benchmark is skipped with a note, and
 only ``--strict`` turns that into a failure.
@@ -25,6 +31,7 @@ only ``--strict`` turns that into a failure.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -39,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._contenders import (
+    BALANCED_STACK,
     BARE,
     BREAKER_STACK,
     CONTENDERS,
@@ -52,13 +60,14 @@ from bench._contenders import (
 )
 from bench._harness import machine_info, median, table, verdict, write_results
 from bench._ir_client import DUMP_MARKER, MODES, WARMUP, ZERO_MARKER
-from bench.e2e import TARGET_RATIO, upstream
+from bench.e2e import BALANCED_TARGET_RATIO, TARGET_RATIO, upstream
 
-__all__ = ["FULL", "QUICK", "TARGET_RATIO", "Settings", "run"]
+__all__ = ["BALANCED_TARGET_RATIO", "FULL", "QUICK", "TARGET_RATIO", "Settings", "main", "run"]
 
 _ROOT = Path(__file__).resolve().parent.parent
-_RUN_TIMEOUT = 300.0
-"""Longest one callgrind process may take (a full one takes 15-25 s on a 2-core machine)."""
+_RUN_TIMEOUT = 1800.0
+"""Longest one callgrind process may take (a full one takes 15-25 s on an idle 2-core machine, ten minutes and more
+on a busy one: counts do not depend on the machine's load, only the time does)."""
 _PROBE_TIMEOUT = 60.0
 _SUMMARY = re.compile(r"^summary:\s*(\d+)\s*$", re.MULTILINE)
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
@@ -254,6 +263,10 @@ def _summarise(runs: Sequence[_Run], names: Sequence[str], requests: int) -> dic
     for name in (FULL_STACK, BREAKER_STACK):
         if name in contenders:
             checks[f"{name} <= {TARGET_RATIO}x {BARE}"] = cost(name) <= TARGET_RATIO * bare
+    if BALANCED_STACK in contenders:
+        checks[f"{BALANCED_STACK} <= {BALANCED_TARGET_RATIO}x {BARE}"] = (
+            cost(BALANCED_STACK) <= BALANCED_TARGET_RATIO * bare
+        )
     if RETRY_ONLY in contenders and HTTPX_RETRIES in contenders:
         checks[f"{RETRY_ONLY} < {HTTPX_RETRIES} (same job)"] = cost(RETRY_ONLY) < cost(HTTPX_RETRIES)
     if FULL_STACK in contenders and STAMINA in contenders:
@@ -286,7 +299,13 @@ def _print_mode(mode: str, result: dict[str, Any]) -> None:
 
 
 def _unmeasured(
-    quick: bool, results_dir: Path | None, began: float, *, skipped: str | None = None, error: str | None = None
+    quick: bool,
+    results_dir: Path | None,
+    began: float,
+    *,
+    skipped: str | None = None,
+    error: str | None = None,
+    name: str = "instructions",
 ) -> dict[str, Any]:
     """Write the results of a run that counted nothing: skipped (no usable valgrind) or failed (``error``)."""
     print(f"instructions: SKIPPED: {skipped}" if skipped else f"instructions: ERROR: {error}")
@@ -296,12 +315,13 @@ def _unmeasured(
         "skipped": skipped,
         "error": error,
         "target_ratio": TARGET_RATIO,
+        "balanced_target_ratio": BALANCED_TARGET_RATIO,
         "machine": machine_info(),
         "modes": {},
         "pass": error is None,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    path = write_results("instructions", payload, results_dir)
+    path = write_results(name, payload, results_dir)
     print(f"results: {path}")
     return payload
 
@@ -313,6 +333,7 @@ def run(
     requests: int | None = None,
     results_dir: Path | None = None,
     settings: Settings | None = None,
+    name: str = "instructions",
 ) -> dict[str, Any]:
     """Count instructions per request, print the tables and verdicts, and write ``instructions.json``.
 
@@ -322,6 +343,7 @@ def run(
         requests: Override the requests per segment.
         results_dir: Where to write the JSON (default ``bench/results/``).
         settings: Start from these settings instead of :data:`FULL` / :data:`QUICK`.
+        name: The results file's name (``<name>.json``).
 
     Returns:
         The results, as written to the JSON file. When valgrind is missing or cannot run Python here, ``skipped``
@@ -342,7 +364,7 @@ def run(
     valgrind = shutil.which("valgrind")
     reason = _unusable(valgrind)
     if reason is not None:
-        return _unmeasured(quick, results_dir, began, skipped=reason)
+        return _unmeasured(quick, results_dir, began, skipped=reason, name=name)
     assert valgrind is not None
     missing = [name for name in settings.contenders if not available(name)]
     names = [name for name in settings.contenders if name not in missing]
@@ -361,7 +383,7 @@ def run(
         with upstream() as url, ThreadPoolExecutor(max_workers=settings.jobs) as pool:
             done = list(pool.map(lambda one: _count(valgrind, url, settings, one), runs))
     except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as failure:
-        return _unmeasured(quick, results_dir, began, error=str(failure))
+        return _unmeasured(quick, results_dir, began, error=str(failure), name=name)
     modes: dict[str, Any] = {}
     for mode in settings.modes:
         modes[mode] = _summarise([one for one in done if one.mode == mode], names, settings.requests)
@@ -372,6 +394,7 @@ def run(
         "skipped": None,
         "error": None,
         "target_ratio": TARGET_RATIO,
+        "balanced_target_ratio": BALANCED_TARGET_RATIO,
         "config": {
             "tool": f"valgrind --tool=callgrind --zero-before={ZERO_MARKER} --dump-before={DUMP_MARKER}",
             "valgrind": _version(valgrind),
@@ -392,7 +415,40 @@ def run(
         "pass": all(mode["pass"] for mode in modes.values()),
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
-    path = write_results("instructions", payload, results_dir)
+    path = write_results(name, payload, results_dir)
     print(f"elapsed: {payload['elapsed_s']:.0f} s")
     print(f"results: {path}")
     return payload
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.instructions``: count chosen contenders only; returns 0, or 1 when a target is missed."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.instructions",
+        description="Count a few contenders' instructions per request (the baseline, httpx, is always counted).",
+    )
+    parser.add_argument(
+        "--contender",
+        action="append",
+        choices=CONTENDERS,
+        help="a contender to count (repeat for more; default: all)",
+    )
+    parser.add_argument("--mode", action="append", choices=MODES, help="sync and/or async (default: both)")
+    parser.add_argument("--segments", type=int, help=f"counted segments per process (default {FULL.segments})")
+    parser.add_argument("--requests", type=int, help=f"requests per segment (default {FULL.requests})")
+    parser.add_argument("--results-dir", type=Path, help="where to write instructions-partial.json")
+    args = parser.parse_args(argv)
+    if (args.segments is not None and args.segments < 1) or (args.requests is not None and args.requests < 1):
+        parser.error("--segments and --requests must be at least 1")
+    settings = Settings(
+        requests=args.requests or FULL.requests,
+        segments=args.segments or FULL.segments,
+        modes=tuple(args.mode or MODES),
+        contenders=tuple(args.contender or CONTENDERS),
+    )
+    result = run(settings=settings, results_dir=args.results_dir, name="instructions-partial")
+    return 0 if result["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -58,6 +59,7 @@ def test_e2e_quick_writes_json_with_both_connectivity_contenders(
             "httpx",
             "connectivity (full)",
             "connectivity (+breaker)",
+            "connectivity (+balancer)",
             "connectivity (defaults)",
             "connectivity (retry)",
             "httpx (control)",
@@ -72,6 +74,7 @@ def test_e2e_quick_writes_json_with_both_connectivity_contenders(
             assert summary["errors"] == 0
         assert "connectivity (full) <= 1.02x httpx" in mode["checks"]
         assert "connectivity (+breaker) <= 1.02x httpx" in mode["checks"]
+        assert "connectivity (+balancer) <= 1.03x httpx" in mode["checks"]
         assert not any(check.startswith("connectivity (defaults)") for check in mode["checks"])
         if "httpx-retries" in contenders:
             assert "connectivity (retry) < httpx-retries (same job)" in mode["checks"]
@@ -95,6 +98,36 @@ def test_instructions_without_valgrind_is_skipped_and_fails_only_under_strict(
     assert "SKIPPED" in capsys.readouterr().out
 
     assert main(["instructions", "--strict", "--results-dir", str(tmp_path)]) == 1
+
+
+def test_instructions_of_chosen_contenders_write_a_partial_file_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(_ROOT))
+    from bench.instructions import main
+
+    monkeypatch.setattr("bench.instructions.shutil.which", lambda _name: None)
+
+    chosen = ["--contender", "connectivity (+balancer)", "--mode", "async"]
+    assert main([*chosen, "--results-dir", str(tmp_path)]) == 0
+    assert not (tmp_path / "instructions.json").exists()  # a partial run never replaces the full one
+    results = json.loads((tmp_path / "instructions-partial.json").read_text(encoding="utf-8"))
+    assert results["benchmark"] == "instructions"
+    assert "valgrind not found" in results["skipped"]
+    assert results["balanced_target_ratio"] == 1.03
+    with pytest.raises(SystemExit):
+        main(["--contender", "no such contender"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_balanced_contender_is_addressed_to_its_service() -> None:
+    from bench._contenders import BALANCED_STACK, BARE, SERVICE, request_url, sync_get
+
+    upstream = "http://127.0.0.1:8080/"
+    assert request_url(BARE, upstream) == upstream
+    assert request_url(BALANCED_STACK, upstream) == f"http://{SERVICE}/"
+    with contextlib.ExitStack() as stack, pytest.raises(ValueError, match="upstream"):
+        sync_get(BALANCED_STACK, stack)
 
 
 def test_instructions_quick_under_callgrind_writes_json_with_the_expected_keys(

@@ -167,6 +167,53 @@ def test_host_scope_keeps_one_circuit_per_authority(send: Sender) -> None:
     assert send(transport, "GET", "http://good/").status_code == 200
 
 
+def test_host_scope_tells_ports_and_ipv6_hosts_apart_and_names_circuits_by_authority(send: Sender) -> None:
+    clock = FakeClock()
+    breaker = tripping(clock)
+    transport = CircuitBreakerTransport(ScriptedTransport(default=200), breaker, scope="host")
+    for url in ("http://a:8080/", "http://a:8081/", "http://a/", "http://a:80/x", "http://[::1]:9000/"):
+        assert send(transport, "GET", url).status_code == 200
+    # The default port is no port (httpx normalises it), as the circuit's key always said.
+    assert sorted(breaker.circuits()) == ["[::1]:9000", "a", "a:8080", "a:8081"]
+    assert breaker.circuit("a:8080").name == "breaker/a:8080"
+
+
+def test_host_scope_circuits_are_the_breakers_own_shared_by_transports(send: Sender) -> None:
+    clock = FakeClock()
+    breaker = tripping(clock)
+    failing = CircuitBreakerTransport(ScriptedTransport(default=500), breaker, scope="host")
+    healthy = ScriptedTransport(default=200)
+    other = CircuitBreakerTransport(healthy, breaker, scope="host")
+    for _ in range(2):
+        send(failing, "GET", "http://orders:8080/")
+    with pytest.raises(cx.CircuitOpenError):
+        send(other, "GET", "http://orders:8080/")  # the same circuit, tripped through the other transport
+    assert healthy.requests == []
+    breaker.reset("orders:8080")
+    assert send(other, "GET", "http://orders:8080/").status_code == 200
+
+
+def test_slow_successes_are_still_classified_by_the_breaker(send: Sender) -> None:
+    clock = FakeClock()
+    breaker = cx.CircuitBreaker(
+        failure_ratio=None, slow_call_threshold=0.5, minimum_calls=2, window=10, window_type="count", clock=clock
+    )
+    script = ScriptedTransport(default=Step(200, delay=1.0), clock=clock)
+    transport = CircuitBreakerTransport(script, breaker)
+    for _ in range(2):
+        assert send(transport).status_code == 200
+    assert breaker.circuit().state == "open"  # two slow calls out of two: the slow-call ratio tripped it
+
+
+def test_a_status_listed_as_a_failure_below_400_is_a_failure(send: Sender) -> None:
+    clock = FakeClock()
+    breaker = tripping(clock, failure_statuses={500, 302})
+    transport = CircuitBreakerTransport(ScriptedTransport(default=302), breaker)
+    for _ in range(2):
+        assert send(transport).status_code == 302
+    assert breaker.circuit().state == "open"
+
+
 def test_endpoint_scope_uses_the_balancers_choice(send: Sender) -> None:
     clock = FakeClock()
     transport = CircuitBreakerTransport(ScriptedTransport(default=500), tripping(clock), scope="endpoint")

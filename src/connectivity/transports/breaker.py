@@ -9,6 +9,12 @@ Scope: one circuit for the whole client (``"client"``), one per upstream authori
 one per endpoint (``"endpoint"``: the endpoint a balancer below this layer chose, from
 ``request.extensions["connectivity.endpoint"]``, else the authority).
 
+The success path of a local, closed circuit takes no lock and builds nothing: the circuit of a ``host`` scope is
+found by the request's ``(host, port)`` in a table of the layer's own (the ``host:port`` key string is built once
+per host, when its circuit is first looked up), and a response below 400 that is not one of the breaker's failure
+statuses is recorded as a success without asking the breaker to classify it (unless a slow-call threshold is set,
+or the breaker's class classifies statuses its own way).
+
 A ``pybreaker.CircuitBreaker`` is accepted as the policy for teams that already have one; its own semantics then
 apply, with its caveats (it counts consecutive failures only, holds its lock for the whole call, and has no
 half-open limit): see the circuit-breaking guide.
@@ -25,6 +31,7 @@ from connectivity.errors import CircuitOpenError
 from connectivity.policies.breaker import (
     CANCELLED,
     FAILURE,
+    SUCCESS,
     Circuit,
     CircuitBreaker,
     Rejection,
@@ -82,7 +89,7 @@ class CircuitBreakerTransport(Layer):
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_backend", "_breaker", "_pybreaker", "_scope", "_single")
+    __slots__ = ("_backend", "_breaker", "_by_host", "_failures", "_pybreaker", "_scope", "_single", "_slow")
 
     def __init__(
         self,
@@ -98,7 +105,8 @@ class CircuitBreakerTransport(Layer):
         self._scope = scope
         self._backend = backend
         self._pybreaker = None
-        if isinstance(breaker, CircuitBreaker):
+        local = isinstance(breaker, CircuitBreaker)
+        if local:
             breaker.add_listener(_announce)
             track_breaker(breaker)
             from connectivity.admin.registry import register
@@ -116,10 +124,17 @@ class CircuitBreakerTransport(Layer):
         self._breaker = breaker
         # The common case, one local circuit for the client, is resolved once.
         self._single: Circuit | None = (
-            breaker.circuit()
-            if isinstance(breaker, CircuitBreaker) and scope == "client" and backend is None
-            else None
+            breaker.circuit() if local and scope == "client" and backend is None else None
         )
+        # Local circuits per host: found by (host, port), so no call builds the "host:port" key string.
+        self._by_host: dict[tuple[bytes, int | None], Circuit] | None = (
+            {} if local and scope == "host" and backend is None else None
+        )
+        self._slow = local and breaker.slow_call_threshold is not None
+        # A status below 400 that is not a failure status is a success, unless calls can be slow or the breaker's
+        # class classifies its own way: then every response is classified by the breaker (None).
+        plain = local and not self._slow and type(breaker).classify_status is CircuitBreaker.classify_status
+        self._failures: frozenset[int] | None = breaker.failure_statuses if plain else None
 
     @property
     def breaker(self) -> CircuitBreaker | Any:
@@ -132,8 +147,15 @@ class CircuitBreakerTransport(Layer):
         return {"breaker": name, "scope": self._scope, "shared": self._backend is not None}
 
     def _circuit(self, request: httpx.Request) -> Any:
-        if self._single is not None:
-            return self._single
+        """The circuit of ``request`` when the layer has more than one (``_single`` is ``None``)."""
+        hosts = self._by_host
+        if hosts is not None:
+            url = request.url
+            where = (url.raw_host, url.port)
+            found = hosts.get(where)
+            if found is None:
+                found = hosts[where] = self._breaker.circuit(_key("host", request))
+            return found
         key = _key(self._scope, request)
         if self._backend is not None:
             return self._backend.circuit(self._breaker, key)
@@ -150,7 +172,12 @@ class CircuitBreakerTransport(Layer):
             retry_after=rejection.retry_after,
         )
 
+    def _started(self) -> float | None:
+        """When the call began, for a breaker with a slow-call threshold (``None`` otherwise)."""
+        return self._breaker.clock.now() if self._slow else None
+
     def _outcome(self, response: httpx.Response, started: float | None) -> int:
+        """The breaker's classification of a response (the callers decide plain successes inline)."""
         breaker: CircuitBreaker = self._breaker
         elapsed = None if started is None else breaker.clock.now() - started
         return breaker.classify_status(response.status_code, elapsed)
@@ -159,12 +186,11 @@ class CircuitBreakerTransport(Layer):
         inner = self._sync or self._sync_inner()
         if self._pybreaker is not None:
             return self._pybreaker.send(inner, request)
-        circuit = self._circuit(request)
+        circuit: Any = self._single or self._circuit(request)
         ticket = circuit.admit()
         if type(ticket) is not int:
             raise self._rejected(request, ticket)
-        breaker: CircuitBreaker = self._breaker
-        started = breaker.clock.now() if breaker.slow_call_threshold is not None else None
+        started = self._started() if self._slow else None
         try:
             response = inner.handle_request(request)
         except Exception:
@@ -173,20 +199,49 @@ class CircuitBreakerTransport(Layer):
         except BaseException:
             circuit.record(ticket, CANCELLED)
             raise
-        circuit.record(ticket, self._outcome(response, started))
+        status = response.status_code
+        failures = self._failures
+        if failures is not None and status < 400 and status not in failures:
+            circuit.record(ticket, SUCCESS)  # a plain success: no classification needed
+        else:
+            circuit.record(ticket, self._outcome(response, started))
         return response
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._async or self._async_inner()
         if self._pybreaker is not None:
             return await self._pybreaker.asend(inner, request)
-        circuit = self._circuit(request)
-        remote = getattr(circuit, "remote", False)
-        ticket = await circuit.aadmit() if remote else circuit.admit()
+        circuit: Any = self._single or self._circuit(request)
+        if self._backend is not None and getattr(circuit, "remote", False):
+            return await self._remote(inner, circuit, request)
+        ticket = circuit.admit()
         if type(ticket) is not int:
             raise self._rejected(request, ticket)
-        breaker: CircuitBreaker = self._breaker
-        started = breaker.clock.now() if breaker.slow_call_threshold is not None else None
+        started = self._started() if self._slow else None
+        try:
+            response = await inner.handle_async_request(request)
+        except Exception:
+            circuit.record(ticket, FAILURE)
+            raise
+        except BaseException:  # cancellation (a hedge that lost, a caller that went away) never counts
+            circuit.record(ticket, CANCELLED)
+            raise
+        status = response.status_code
+        failures = self._failures
+        if failures is not None and status < 400 and status not in failures:
+            circuit.record(ticket, SUCCESS)  # a plain success: no classification needed
+        else:
+            circuit.record(ticket, self._outcome(response, started))
+        return response
+
+    async def _remote(
+        self, inner: httpx.AsyncBaseTransport, circuit: Any, request: httpx.Request
+    ) -> httpx.Response:
+        """A call through a shared circuit whose decisions are awaited (e.g. in Redis)."""
+        ticket = await circuit.aadmit()
+        if type(ticket) is not int:
+            raise self._rejected(request, ticket)
+        started = self._started()
         try:
             response = await inner.handle_async_request(request)
         except Exception:
@@ -198,12 +253,9 @@ class CircuitBreakerTransport(Layer):
         else:
             outcome = self._outcome(response, started)
         finally:
-            if remote:
-                # Shielded: a cancelled probe must still hand its permit back (bounded by the backend's timeout).
-                with anyio.CancelScope(shield=True):
-                    await circuit.arecord(ticket, outcome)
-            else:
-                circuit.record(ticket, outcome)
+            # Shielded: a cancelled probe must still hand its permit back (bounded by the backend's timeout).
+            with anyio.CancelScope(shield=True):
+                await circuit.arecord(ticket, outcome)
         return response
 
 

@@ -124,7 +124,7 @@ class BulkheadTransport(Layer):
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_bulkhead", "_clock")
+    __slots__ = ("_acquire", "_bulkhead", "_clock", "_give_back")
 
     def __init__(self, inner: Inner, bulkhead: Bulkhead, *, clock: Clock = SYSTEM_CLOCK) -> None:
         super().__init__(inner)
@@ -132,6 +132,9 @@ class BulkheadTransport(Layer):
             raise TypeError(f"bulkhead must be a connectivity.Bulkhead, got {type(bulkhead).__name__}")
         self._bulkhead = bulkhead
         self._clock = clock
+        # Bound once: every call takes and gives back a slot.
+        self._acquire = bulkhead.try_acquire
+        self._give_back = bulkhead.release
         _register(bulkhead.name, bulkhead)
 
     @property
@@ -192,21 +195,25 @@ class BulkheadTransport(Layer):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._sync or self._sync_inner()
-        if not self._bulkhead.try_acquire():
+        if not self._acquire():
             self._wait(request)
         try:
             return inner.handle_request(request)
         finally:
-            self._release()
+            handed = self._give_back()
+            if handed is not None:  # the slot passed to a waiter: wake it
+                handed.waiter.wake()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._async or self._async_inner()
-        if not self._bulkhead.try_acquire():
+        if not self._acquire():
             await self._await(request)
         try:
             return await inner.handle_async_request(request)
         finally:
-            self._release()
+            handed = self._give_back()
+            if handed is not None:
+                handed.waiter.wake()
 
 
 class AdaptiveConcurrencyTransport(Layer):

@@ -40,6 +40,8 @@ from connectivity.transports.timeout import TimeoutTransport, clamp_timeouts
 __all__ = ["ATTEMPT_HEADER", "RetryTransport"]
 
 _OVERRIDE = "connectivity.retry"
+_BYTES = httpx.ByteStream
+"""A body held in memory: replayable as it is."""
 ATTEMPT_HEADER = "x-connectivity-attempt"
 """Sent on retries (absent on the first attempt), like Envoy's ``x-envoy-attempt-count``."""
 
@@ -104,13 +106,18 @@ class RetryTransport(Layer):
             )
         return layer
 
-    def _begin(self, request: httpx.Request) -> Retry:
-        policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
+    @staticmethod
+    def _begin(policy: Retry, request: httpx.Request) -> None:
+        """Before the first attempt: a budget deposit, and a streamed body made replayable (when retried)."""
         if policy.budget is not None:
             policy.budget.deposit()
-        if policy.attempts > 1 and type(request.stream) is not httpx.ByteStream:
+        if policy.attempts > 1 and type(request.stream) is not _BYTES:
             make_replayable(request, policy.max_replay_bytes)
-        return policy
+
+    def _observer(self) -> CallTrace | None:
+        """The tracing layer's record of this call, when that layer asked this one to report every attempt."""
+        call = _CALL.get()
+        return call if isinstance(call, CallTrace) and call.owner is self else None
 
     def _decide(
         self,
@@ -229,13 +236,14 @@ class RetryTransport(Layer):
         return state, decision
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        policy = self._begin(request)
+        policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
+        if policy.budget is not None or type(request.stream) is not _BYTES:
+            self._begin(policy, request)
         target = (
             (self._sync or self._sync_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
         )
         state: RetryState | None = None
-        call = _CALL.get()
-        observed = call if isinstance(call, CallTrace) and call.owner is self else None
+        observed = None if _CALL.get() is None else self._observer()
         while True:
             try:
                 response = target.handle_request(request) if observed is None else observed.send(target, request)
@@ -256,13 +264,14 @@ class RetryTransport(Layer):
             self._clock.sleep(retrying.delay)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        policy = self._begin(request)
+        policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
+        if policy.budget is not None or type(request.stream) is not _BYTES:
+            self._begin(policy, request)
         target = (
             (self._async or self._async_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
         )
         state: RetryState | None = None
-        call = _CALL.get()
-        observed = call if isinstance(call, CallTrace) and call.owner is self else None
+        observed = None if _CALL.get() is None else self._observer()
         while True:
             try:
                 if observed is None:
