@@ -80,11 +80,11 @@ def queue_watch(monkeypatch: pytest.MonkeyPatch) -> QueueWatch:
                 watch.cond.notify_all()
             return super().wait(timeout)
 
-    class ObservedWaiter(bulkhead_module._SyncWaiter):
+    class ObservedWaiter(bulkhead_module.SyncWaiter):
         def __init__(self) -> None:
             self.event = ObservedEvent()
 
-    monkeypatch.setattr(bulkhead_module, "_SyncWaiter", ObservedWaiter)
+    monkeypatch.setattr(bulkhead_module, "SyncWaiter", ObservedWaiter)
     return watch
 
 

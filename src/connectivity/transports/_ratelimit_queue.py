@@ -14,46 +14,9 @@ import collections
 import contextlib
 import threading
 
-import anyio
-import anyio.lowlevel
+from connectivity.transports._waiters import AsyncWaiter, SyncWaiter
 
-__all__ = ["AsyncWaiter", "Queues", "SyncWaiter", "Ticket"]
-
-
-class SyncWaiter:
-    """A thread waiting for its turn: woken through a threading.Event, from any thread."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def wake(self) -> None:
-        self.event.set()
-
-
-class AsyncWaiter:
-    """A task waiting for its turn: it sleeps out its budget in a cancel scope that a wake-up cancels.
-
-    The scope exists before the ticket is queued, so a wake-up that comes before the wait begins is not lost (a
-    scope cancelled before it is entered cancels its body at once).
-    """
-
-    __slots__ = ("scope", "thread", "token")
-
-    def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
-        self.thread = threading.get_ident()
-        self.token = anyio.lowlevel.current_token()
-
-    def wake(self) -> None:
-        if threading.get_ident() == self.thread:
-            self.scope.cancel()
-            return
-        # Woken from another thread (a sync client, another loop): anyio objects are not thread-safe.
-        token = self.token
-        with contextlib.suppress(RuntimeError):  # the waiter's loop is gone, and the waiter with it
-            token.backend_class.run_sync_soon(self.scope.cancel, (), token.native_token)
+__all__ = ["Queues", "Ticket"]
 
 
 class Ticket:

@@ -22,12 +22,7 @@ request, emit :data:`~connectivity.telemetry.events.CONCURRENCY_REJECTED`, and s
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from typing import Any
-
-import anyio
-import anyio.lowlevel
 
 from connectivity._http import httpx
 from connectivity.errors import ConcurrencyLimitError
@@ -37,6 +32,7 @@ from connectivity.policies.concurrency import AdaptiveConcurrency
 from connectivity.telemetry import events, semconv
 from connectivity.telemetry.redaction import DEFAULT_REDACTION
 from connectivity.transports._base import Inner, Layer
+from connectivity.transports._waiters import AsyncWaiter, SyncWaiter
 
 __all__ = ["DROP_STATUSES", "AdaptiveConcurrencyTransport", "BulkheadTransport"]
 
@@ -61,44 +57,6 @@ def _register(name: str, policy: Bulkhead | AdaptiveConcurrency) -> None:
     from connectivity.admin.registry import register
 
     register("limiters", name, policy)
-
-
-class _SyncWaiter:
-    """A thread waiting for a slot: woken through a threading.Event, from any thread."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def wake(self) -> None:
-        self.event.set()
-
-
-class _AsyncWaiter:
-    """A task waiting for a slot: it sleeps ``queue_timeout`` on the clock in a cancel scope; a grant cancels it.
-
-    Waiting *is* a sleep on the transport's clock, so a virtual clock drives the queue timeout like any other wait.
-    The scope exists before the ticket is queued, so a grant that comes before the wait begins is not lost: a
-    scope cancelled before it is entered cancels its body at once.
-    """
-
-    __slots__ = ("scope", "thread", "token")
-
-    def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
-        self.thread = threading.get_ident()
-        self.token = anyio.lowlevel.current_token()
-
-    def wake(self) -> None:
-        if threading.get_ident() == self.thread:
-            self.scope.cancel()
-            return
-        # Released on another thread (a sync client, another loop): anyio objects are not thread-safe, so the
-        # cancel is scheduled on the waiter's loop without blocking the releasing thread.
-        token = self.token
-        with contextlib.suppress(RuntimeError):  # anyio.RunFinishedError: the loop is gone, its waiter with it
-            token.backend_class.run_sync_soon(self.scope.cancel, (), token.native_token)
 
 
 def _wake(ticket: Any) -> None:
@@ -158,7 +116,7 @@ class BulkheadTransport(Layer):
     def _wait(self, request: httpx.Request) -> None:
         """Queue for a slot (sync): return holding one, or raise the rejection."""
         bulkhead = self._bulkhead
-        waiter = _SyncWaiter()
+        waiter = SyncWaiter()
         ticket = bulkhead.enqueue(waiter)
         if ticket is None:
             raise self._reject(request, FULL)
@@ -177,7 +135,7 @@ class BulkheadTransport(Layer):
     async def _await(self, request: httpx.Request) -> None:
         """Queue for a slot (async): return holding one, or raise the rejection."""
         bulkhead = self._bulkhead
-        waiter = _AsyncWaiter()
+        waiter = AsyncWaiter()
         ticket = bulkhead.enqueue(waiter)
         if ticket is None:
             raise self._reject(request, FULL)

@@ -60,7 +60,8 @@ from connectivity.telemetry import events, semconv
 from connectivity.telemetry.redaction import DEFAULT_REDACTION
 from connectivity.transports._base import Inner, Layer
 from connectivity.transports._ratelimit_fields import THROTTLE_STATUSES, hold_off_seconds
-from connectivity.transports._ratelimit_queue import AsyncWaiter, Queues, SyncWaiter, Ticket
+from connectivity.transports._ratelimit_queue import Queues, Ticket
+from connectivity.transports._waiters import AsyncWaiter, SyncWaiter
 
 __all__ = ["EXTENSION", "HOLD_OFF", "ROUTE_EXTENSION", "THROTTLE_STATUSES", "RateLimitTransport"]
 
