@@ -21,13 +21,17 @@ one CPU and the client to another when two are usable), sequential ``GET`` reque
   picker=EWMA())`` on ``http://orders/``;
 * ``balanced (EWMA + outlier)``: the same with ``outlier=OutlierDetector()``;
 * ``balanced (round robin)``: ``picker=RoundRobin()``;
+* ``balanced (EWMA, pool per endpoint)``: EWMA over
+  :class:`~connectivity.transports._endpoint_pools.EndpointPools`, one httpx transport per replica (what
+  ``connectivity.transport(discovery=...)`` builds): the balancing layer plus the pool map;
 * ``httpx (control)``: a second bare client: its distance from ``httpx`` is the run's noise floor.
 
 The balancer wraps httpx's own network transport (``httpx.AsyncHTTPTransport``/``httpx.HTTPTransport``), so the
-difference is the balancing layer alone. Each client kind (``AsyncClient`` on asyncio, ``Client``) runs ``rounds``
-rounds of ``requests`` requests per contender after a warm-up, interleaved every ``block`` requests; client CPU
-is :func:`time.process_time_ns`. The target: the balanced stacks cost at most :data:`TARGET_E2E_RATIO` x bare httpx
-client CPU, judged on the paired median (the median over rounds of each round's ratio).
+difference is the balancing layer alone (and the pool map, for the per-endpoint contender). Each client kind
+(``AsyncClient`` on asyncio, ``Client``) runs ``rounds`` rounds of ``requests`` requests per contender after a
+warm-up, interleaved every ``block`` requests; client CPU is :func:`time.process_time_ns`. The target: the
+balanced stacks cost at most :data:`TARGET_E2E_RATIO` x bare httpx client CPU, judged on the paired median (the
+median over rounds of each round's ratio).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from bench.e2e import HOST, _async_rounds, _sync_rounds, serve
 from connectivity.balancing import EWMA, EndpointSet, LeastRequest, Picker, RoundRobin
 from connectivity.discovery import Endpoint
 from connectivity.policies.outlier import OutlierDetector
+from connectivity.transports._endpoint_pools import EndpointPools
 from connectivity.transports.balancing import LoadBalancingTransport
 
 __all__ = ["FULL", "QUICK", "TARGET_E2E_RATIO", "TARGET_PICK_SCALING", "Settings", "run"]
@@ -72,9 +77,10 @@ BARE = "httpx"
 EWMA_STACK = "balanced (EWMA)"
 OUTLIER_STACK = "balanced (EWMA + outlier)"
 ROUND_ROBIN_STACK = "balanced (round robin)"
+POOLS_STACK = "balanced (EWMA, pool per endpoint)"
 CONTROL = "httpx (control)"
-E2E_CONTENDERS = (BARE, EWMA_STACK, OUTLIER_STACK, ROUND_ROBIN_STACK, CONTROL)
-E2E_TARGETED = (EWMA_STACK, OUTLIER_STACK)
+E2E_CONTENDERS = (BARE, EWMA_STACK, OUTLIER_STACK, ROUND_ROBIN_STACK, POOLS_STACK, CONTROL)
+E2E_TARGETED = (EWMA_STACK, OUTLIER_STACK, POOLS_STACK)
 
 Timer = Callable[[int], int]
 """Makes ``n`` picks and returns the CPU nanoseconds they took."""
@@ -190,9 +196,10 @@ def _print_picks(result: dict[str, Any]) -> None:
 # -- end to end --------------------------------------------------------------------------------------------------
 
 
-def _balancer(name: str, endpoints: list[str], inner: Any) -> LoadBalancingTransport:
+def _balancer(name: str, endpoints: list[str], network: Callable[[], Any]) -> LoadBalancingTransport:
     picker: Picker = RoundRobin() if name == ROUND_ROBIN_STACK else EWMA()
     outlier = OutlierDetector() if name == OUTLIER_STACK else None
+    inner = EndpointPools(network) if name == POOLS_STACK else network()
     return LoadBalancingTransport(inner, service="orders", resolver=endpoints, picker=picker, outlier=outlier)
 
 
@@ -205,7 +212,7 @@ def _sync_calls(urls: list[str], stack: contextlib.ExitStack) -> dict[str, Calla
             turns = itertools.cycle(urls)
             calls[name] = lambda client=client, turns=turns: client.get(next(turns))
         else:
-            transport = _balancer(name, endpoints, httpx.HTTPTransport())
+            transport = _balancer(name, endpoints, httpx.HTTPTransport)
             client = stack.enter_context(httpx.Client(transport=transport, trust_env=False))
             calls[name] = lambda client=client: client.get("http://orders/")
     return calls
@@ -222,7 +229,7 @@ async def _async_calls(
             turns = itertools.cycle(urls)
             calls[name] = lambda client=client, turns=turns: client.get(next(turns))
         else:
-            transport = _balancer(name, endpoints, httpx.AsyncHTTPTransport())
+            transport = _balancer(name, endpoints, httpx.AsyncHTTPTransport)
             client = await stack.enter_async_context(httpx.AsyncClient(transport=transport, trust_env=False))
             calls[name] = lambda client=client: client.get("http://orders/")
     return calls

@@ -82,6 +82,7 @@ SUBPACKAGES = {
         "CallRecord",
         "CircuitBreakerTransport",
         "EXTENSION",
+        "EndpointPools",
         "FaultInjectionTransport",
         "HTTPTransport",
         "HedgingTransport",

@@ -29,6 +29,7 @@ from connectivity.telemetry.otel import Telemetry, track_budget
 from connectivity.telemetry.redaction import redact_httpx_logs
 from connectivity.transports._auto import AutoTransport
 from connectivity.transports._base import Inner, Layer
+from connectivity.transports._endpoint_pools import EndpointPools
 from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.aiohttp import AiohttpTransport
 from connectivity.transports.auth import AuthTransport
@@ -129,6 +130,9 @@ def transport(
             ``connectivity.discovery.DNS("_http._tcp.orders.internal")``, or a list of ``"host:port"``): each
             attempt then goes to one endpoint (:class:`~connectivity.transports.LoadBalancingTransport`, inside
             the retry and hedging layers, so a retry picks again and prefers another endpoint). Off by default.
+            Without ``inner``, each endpoint gets its own network transport (``backend`` and options alike, so
+            ``limits`` apply per endpoint, as Envoy's per-host pools), created on first use and closed once its
+            endpoint has left and its last response is closed (:class:`EndpointPools`).
         balancer: The picker (default :class:`~connectivity.balancing.EWMA`). Needs ``discovery``.
         outlier: Passive outlier detection (:class:`~connectivity.policies.outlier.OutlierDetector`), off by
             default as in Envoy. Needs ``discovery``.
@@ -198,6 +202,8 @@ def transport(
         options = _with_tls(tls, inner, options)
     base = _network(inner, backend, options)
     _warn_nested_retries(base, policy)
+    if discovery is not None and inner is None:
+        base = _endpoint_pools(base, backend, options)
     stack: Inner = base if tls is None else PeerIdentityTransport(base, tls=tls)
     if per_try is not None:
         stack = TimeoutTransport(stack, per_try, per_try=True, propagate=limits.propagate, clock=clock)
@@ -290,6 +296,11 @@ def _balancing(
         health_check=health_check,
         clock=clock,
     )
+
+
+def _endpoint_pools(fallback: Inner, backend: Backend | None, options: dict[str, Any]) -> EndpointPools:
+    """A network transport per endpoint, each built as ``fallback`` was (Envoy's per-host connection pools)."""
+    return EndpointPools(lambda: _network(None, backend, options), fallback=fallback)
 
 
 def _with_tls(tls: MTLS, inner: Inner | None, options: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 from connectivity.balancing import (
     EWMA,
     EndpointSet,
+    EndpointStats,
     LeastRequest,
     Maglev,
     Picker,
@@ -206,13 +207,13 @@ def test_p2c_scores_choice_count_candidates_whatever_the_set_size(
     kind: type[LeastRequest], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scored: list[object] = []
-    original = kind._score
+    original = kind._load
 
-    def counting(self: LeastRequest, stats: object, now: float) -> float:
+    def counting(stats: EndpointStats, now: float) -> float:
         scored.append(stats)
-        return original(self, stats, now)  # type: ignore[arg-type]
+        return original(stats, now)
 
-    monkeypatch.setattr(kind, "_score", counting)
+    monkeypatch.setattr(kind, "_load", counting)
     picker = kind(rng=random.Random(1))
     for size in (10, 10_000):
         pool = EndpointSet(endpoints(size))

@@ -10,7 +10,14 @@ import pytest
 _ROOT = Path(__file__).resolve().parents[2]
 
 PICKS = {f"{name} n={size}" for name in ("LeastRequest", "EWMA", "RoundRobin") for size in (10, 10_000)}
-E2E = {"httpx", "balanced (EWMA)", "balanced (EWMA + outlier)", "balanced (round robin)", "httpx (control)"}
+E2E = {
+    "httpx",
+    "balanced (EWMA)",
+    "balanced (EWMA, pool per endpoint)",
+    "balanced (EWMA + outlier)",
+    "balanced (round robin)",
+    "httpx (control)",
+}
 
 
 def test_balancing_quick_writes_json_with_the_expected_keys(

@@ -12,8 +12,17 @@ import connectivity as cx
 from connectivity.balancing import RoundRobin
 from connectivity.errors import ConfigError
 from connectivity.policies.outlier import OutlierDetector
+from connectivity.testing import ScriptedTransport
 from connectivity.testing.server import serve
-from connectivity.transports import HedgingTransport, LoadBalancingTransport, RetryTransport, TimeoutTransport
+from connectivity.transports import (
+    AutoTransport,
+    HedgingTransport,
+    HTTPTransport,
+    LoadBalancingTransport,
+    RetryTransport,
+    TimeoutTransport,
+)
+from connectivity.transports._endpoint_pools import EndpointPools, find_pools
 
 
 class Named:
@@ -71,6 +80,33 @@ def test_the_balancer_sits_inside_retry_and_hedging() -> None:
     assert found[:3] == [TimeoutTransport, RetryTransport, HedgingTransport]
     assert found[3] is LoadBalancingTransport
     assert found[4] is TimeoutTransport  # the per-try limit, below the pick
+    assert found[5:] == [EndpointPools, HTTPTransport]  # a network transport per endpoint, and the fallback
+
+
+def test_each_endpoint_gets_a_network_transport_built_with_the_same_backend_and_options() -> None:
+    limits = httpx.Limits(max_connections=3, max_keepalive_connections=1)
+    with serve(Named("a")) as a, serve(Named("b")) as b:
+        endpoints = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+        transport = cx.transport(discovery=endpoints, backend="auto", limits=limits, http1=True, telemetry=False)
+        pools = find_pools(transport)
+        assert pools is not None
+        with httpx.Client(transport=transport, base_url="http://orders") as client:
+            for _ in range(4):
+                client.get("/")
+            built = pools.pools
+        assert sorted(built) == sorted(endpoints)
+        for network in built.values():
+            assert isinstance(network, AutoTransport)
+            assert network._options == {"limits": limits, "http1": True}
+        assert isinstance(pools.inner, AutoTransport)
+        assert pools.pools == {}  # the client closed them all
+
+
+def test_with_an_inner_transport_every_endpoint_shares_it() -> None:
+    inner = ScriptedTransport(default=200)
+    transport = cx.transport(inner, discovery=["127.0.0.1:1", "127.0.0.1:2"], telemetry=False)
+    assert find_pools(transport) is None
+    assert layers(transport)[-1] is ScriptedTransport
 
 
 def test_balancing_options_need_discovery() -> None:

@@ -60,6 +60,7 @@ class EndpointSet:
         "_unhealthy",
         "_zone_healthy",
         "_zone_size",
+        "clock",
         "healthy",
         "members",
     )
@@ -84,6 +85,7 @@ class EndpointSet:
         joined_at: float,
     ) -> None:
         self._lineage = lineage
+        self.clock: Clock = lineage.clock  # an attribute, not a property: pickers read it on every pick
         by_key: dict[str, EndpointStats] = {}
         for endpoint in endpoints:
             if not isinstance(endpoint, Endpoint):
@@ -132,11 +134,6 @@ class EndpointSet:
         return self._derive((stats.endpoint for stats in self.members), keys)
 
     # -- reading ------------------------------------------------------------------------------------------------
-
-    @property
-    def clock(self) -> Clock:
-        """The time source shared by the lineage."""
-        return self._lineage.clock
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:

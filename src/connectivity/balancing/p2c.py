@@ -15,13 +15,15 @@ The candidates are distinct and drawn uniformly; the score decides:
   without samples).
 
 ``effective_weight`` is the endpoint's weight times its slow-start factor. Ties go to the first candidate drawn.
-An excluded candidate is redrawn (a bounded number of times) before it is compared.
+An excluded candidate is redrawn (a bounded number of times) before it is compared. Each candidate's score costs
+one call of the picker's load function (``EndpointStats.cost`` for EWMA); slow start adds its factor only when on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import ClassVar
 
 from connectivity.balancing.base import Candidates, ZoneAwarePicker
 from connectivity.balancing.endpoints import EndpointSet
@@ -34,9 +36,16 @@ _REDRAWS = 3
 """Redraws to replace an excluded candidate (bounded: a pick stays O(1))."""
 
 
+def _requests(stats: EndpointStats, now: float) -> float:
+    return stats.in_flight + 1
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class _PowerOfChoices(ZoneAwarePicker):
     choice_count: int = 2
+
+    _load: ClassVar[Callable[[EndpointStats, float], float]]
+    """The score before weighting: ``(stats, now) -> load`` (lower is better)."""
 
     def __post_init__(self) -> None:
         ZoneAwarePicker.__post_init__(self)
@@ -44,8 +53,12 @@ class _PowerOfChoices(ZoneAwarePicker):
         if isinstance(count, bool) or not isinstance(count, int) or count < 2:
             raise ConfigError(f"{type(self).__name__}.choice_count", count, "must be an integer >= 2")
 
-    def _score(self, stats: EndpointStats, now: float) -> float:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _score(self, stats: EndpointStats, now: float) -> float:
+        """The load divided by the effective weight (the endpoint's weight times its slow-start factor)."""
+        weight = stats.endpoint.weight
+        if self.slow_start is not None:
+            weight *= self._factor(stats, now)
+        return type(self)._load(stats, now) / weight
 
     def _choose(
         self, candidates: Candidates, endpoints: EndpointSet, key: str | bytes | None, exclude: Collection[str]
@@ -58,10 +71,12 @@ class _PowerOfChoices(ZoneAwarePicker):
                 drawn = [stats for stats in candidates if stats.key not in exclude] or candidates
         else:
             drawn = self._draw(candidates, size, exclude)
+        # Without slow start (the common case) a candidate costs one call: its load, divided by its weight here.
+        load = None if self.slow_start is not None else type(self)._load
         best = drawn[0]
-        best_score = self._score(best, now)
+        best_score = self._score(best, now) if load is None else load(best, now) / best.endpoint.weight
         for stats in drawn[1:]:
-            score = self._score(stats, now)
+            score = self._score(stats, now) if load is None else load(stats, now) / stats.endpoint.weight
             if score < best_score:
                 best, best_score = stats, score
         return best
@@ -109,11 +124,7 @@ class LeastRequest(_PowerOfChoices):
     .. versionadded:: 0.1
     """
 
-    def _score(self, stats: EndpointStats, now: float) -> float:
-        weight = stats.endpoint.weight
-        if self.slow_start is not None:
-            weight *= self._factor(stats, now)
-        return (stats.in_flight + 1) / weight
+    _load = _requests
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -130,8 +141,4 @@ class EWMA(_PowerOfChoices):
     .. versionadded:: 0.1
     """
 
-    def _score(self, stats: EndpointStats, now: float) -> float:
-        weight = stats.endpoint.weight
-        if self.slow_start is not None:
-            weight *= self._factor(stats, now)
-        return stats.cost(now) / weight
+    _load = EndpointStats.cost

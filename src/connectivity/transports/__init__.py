@@ -8,6 +8,7 @@ extra) and :class:`AutoTransport` (the fastest of the two that can serve each ca
 
 from connectivity.transports._auto import AutoTransport
 from connectivity.transports._base import Inner, Layer
+from connectivity.transports._endpoint_pools import EndpointPools
 from connectivity.transports._outcome import EXTENSION, CallRecord, failure_kind
 from connectivity.transports.access_log import AccessLogTransport
 from connectivity.transports.aiohttp import AiohttpTransport
@@ -37,6 +38,7 @@ __all__ = [
     "BulkheadTransport",
     "CallRecord",
     "CircuitBreakerTransport",
+    "EndpointPools",
     "FaultInjectionTransport",
     "HTTPTransport",
     "HedgingTransport",

@@ -30,7 +30,7 @@ from connectivity._http import httpx
 from connectivity.balancing.base import Picker
 from connectivity.balancing.endpoints import EndpointSet
 from connectivity.balancing.health import SUCCESS, HealthChecker, Outcome
-from connectivity.discovery.resolver import Resolution, Resolver
+from connectivity.discovery.resolver import Resolution, Resolver, Static
 from connectivity.errors import NoHealthyEndpointError
 from connectivity.policies.clock import Clock
 from connectivity.policies.outlier import EJECT, OutlierDetector, OutlierEvent
@@ -60,6 +60,8 @@ class Cluster:
         next_return: The earliest of those times (``inf`` when none is ejected).
         panic: Whether too few members are healthy for the picker's panic threshold.
         watching: Whether a resolver watch keeps the list current (then no refresh is due inline).
+        polling: Whether requests need to check :meth:`stale` at all: ``False`` for a
+            :class:`~connectivity.discovery.Static` list, which never changes (the per-request check is skipped).
         on_change: Called after discovery changed the set (the health checker's wake-up).
     """
 
@@ -79,6 +81,7 @@ class Cluster:
         "outlier",
         "panic",
         "picker",
+        "polling",
         "resolver",
         "service",
         "version",
@@ -113,6 +116,7 @@ class Cluster:
         self.next_return = math.inf
         self.panic = False
         self.watching = False
+        self.polling = type(resolver) is not Static  # exactly Static: resolved once, at construction
         self.on_change: Callable[[], None] = lambda: None
         if outlier is not None:
             hosts = outlier.status()["hosts"]

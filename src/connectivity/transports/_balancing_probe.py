@@ -10,9 +10,10 @@ sends the probes and runs the schedule, in one of two homes:
   joined by ``close()``.
 
 A probe is ``<method> <scheme>://<endpoint><path>`` with the service's ``Host`` header (and TLS server name), the
-check's timeout on every phase, and the :data:`PROBE_EXTENSION` set; its body is drained (up to
-:data:`~connectivity.transports._outcome.DRAIN_LIMIT`) so the connection is reused, as Envoy reuses its health
-check connections.
+check's timeout on every phase, the :data:`PROBE_EXTENSION` set, and the endpoint in the ``connectivity.endpoint``
+extension as on an attempt (per-endpoint connection pools below serve it from the endpoint's own pool); its body
+is drained (up to :data:`~connectivity.transports._outcome.DRAIN_LIMIT`) so the connection is reused, as Envoy
+reuses its health check connections.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from connectivity._http import httpx
 from connectivity.balancing.health import NETWORK, HealthCheck, HealthChecker, Outcome
 from connectivity.discovery.endpoint import Endpoint
 from connectivity.policies.clock import Clock
+from connectivity.transports._endpoint_pools import ENDPOINT_EXTENSION
 from connectivity.transports._outcome import DRAIN_LIMIT, discard
 
 __all__ = ["PROBE_EXTENSION", "USER_AGENT", "AsyncHealthLoop", "HealthThread", "aprobe", "probe", "probe_request"]
@@ -53,6 +55,7 @@ def probe_request(check: HealthCheck, endpoint: Endpoint, host: str) -> httpx.Re
     extensions: dict[str, object] = {
         "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout},
         PROBE_EXTENSION: True,
+        ENDPOINT_EXTENSION: endpoint,
     }
     if check.scheme == "https":
         extensions["sni_hostname"] = httpx.URL(f"https://{host}/").host

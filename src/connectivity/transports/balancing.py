@@ -16,8 +16,10 @@ Theory of operation: requests go to a *logical* URL (``http://orders/...``). For
 3. rewrites the URL's host and port to the endpoint's, keeping the ``Host`` header and, over TLS, the server name
    (httpx's ``sni_hostname`` extension) of the logical service, so certificates and SPIFFE identities are checked
    against the service; puts the :class:`~connectivity.discovery.Endpoint` in
-   ``request.extensions["connectivity.endpoint"]`` (a per-endpoint breaker below keys on it) and, on the answer,
-   in ``response.extensions["connectivity.endpoint"]``; the request's URL is logical again once the attempt ends;
+   ``request.extensions["connectivity.endpoint"]`` (a per-endpoint breaker below keys on it, and
+   :class:`~connectivity.transports.EndpointPools` below sends the attempt to the endpoint's own connection pool,
+   whose membership the transport keeps in step with the set) and, on the answer, in
+   ``response.extensions["connectivity.endpoint"]``; the request's URL is logical again once the attempt ends;
 4. counts the attempt on the endpoint's :class:`~connectivity.balancing.EndpointStats` (in flight until the
    response head; latency to the head, fed to the peak EWMA; connect failures, resets and cancellations feed no
    latency) and reports the status, or the kind of local failure, to the
@@ -26,25 +28,23 @@ Theory of operation: requests go to a *logical* URL (``http://orders/...``). For
 Active health checks (:class:`~connectivity.balancing.HealthCheck`) run in the background for the transport's
 lifetime: in its task group for an ``httpx.AsyncClient`` entered with ``async with`` (started there, cancelled and
 awaited when it exits), otherwise in a daemon thread with a small probe pool started by the first request (or
-``with client:``) and joined by ``close()``/``aclose()``. Nothing outlives the client. Unhealthy endpoints are
-excluded like ejected ones, and an ejected endpoint that passes its checks returns at once (Envoy's
-``successful_active_health_check_uneject_host``, default true).
+``with client:``) and joined by ``close()``/``aclose()`` (see ``_balancing_background``). Nothing outlives the
+client. Unhealthy endpoints are excluded like ejected ones, and an ejected endpoint that passes its checks returns
+at once (Envoy's ``successful_active_health_check_uneject_host``, default true).
+
+The per-request path pays for what it uses only: a static endpoint list is never checked for staleness, a hash
+key is computed for hash pickers only, and the URL rewrite sets the TLS server name in the same step.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
-
-import anyio
 
 from connectivity._http import httpx
 from connectivity.balancing.base import Picker
 from connectivity.balancing.endpoints import EndpointSet
-from connectivity.balancing.health import NETWORK, HealthCheck, HealthChecker
+from connectivity.balancing.health import HealthCheck, HealthChecker
 from connectivity.balancing.maglev import Maglev
 from connectivity.balancing.p2c import EWMA
 from connectivity.balancing.ring import RingHash
@@ -56,10 +56,11 @@ from connectivity.policies.clock import SYSTEM_CLOCK, Clock
 from connectivity.policies.outlier import LOCAL_ORIGIN_STATUS, OutlierDetector
 from connectivity.policies.retry import PER_TRY_TIMEOUT, READ_TIMEOUT
 from connectivity.telemetry import events, semconv
+from connectivity.transports._balancing_background import Background
 from connectivity.transports._balancing_cluster import Cluster
-from connectivity.transports._balancing_probe import AsyncHealthLoop, HealthThread, aprobe, probe
 from connectivity.transports._balancing_url import rewrite
 from connectivity.transports._base import Inner, Layer
+from connectivity.transports._endpoint_pools import ENDPOINT_EXTENSION, find_pools
 from connectivity.transports._outcome import failure_kind
 
 __all__ = [
@@ -69,8 +70,6 @@ __all__ = [
     "LoadBalancingTransport",
 ]
 
-ENDPOINT_EXTENSION = "connectivity.endpoint"
-"""Request and response extension: the :class:`~connectivity.discovery.Endpoint` the attempt went to."""
 PREFER_OTHER_EXTENSION = "connectivity.prefer_other_endpoint"
 """Request extension set by the retry and hedging layers: avoid the endpoints this request already tried."""
 HASH_KEY_EXTENSION = "connectivity.hash_key"
@@ -79,10 +78,8 @@ HASH_KEY_EXTENSION = "connectivity.hash_key"
 _TRIED = "connectivity.endpoints_tried"
 _LOGICAL = "connectivity.logical_url"
 
-_log = logging.getLogger("connectivity.balancing")
 _OBSERVED_FAILURES = frozenset({READ_TIMEOUT, PER_TRY_TIMEOUT})  # slow, not fast: their latency is evidence
 _NO_KEYS: frozenset[str] = frozenset()
-_STOP_TIMEOUT = 30.0
 
 
 def _service(value: object) -> str:
@@ -117,7 +114,8 @@ class LoadBalancingTransport(Layer):
             membership in step with discovery; give each transport its own detector.
         health_check: Active health checking (default ``None``: off). See the module docstring for where it runs.
         health_check_transport: The transport probes go through (default ``inner``). Probes bypass the layers
-            above this one; a sync-capable transport is needed unless the async client is entered with
+            above this one and carry their endpoint like attempts do (per-endpoint pools below serve them from the
+            endpoint's pool); a sync-capable transport is needed unless the async client is entered with
             ``async with``.
         hash_key: For the hash pickers: a function of the request returning its key (``str``/``bytes``/``None``),
             e.g. ``lambda r: r.headers.get("x-user")``. ``request.extensions["connectivity.hash_key"]`` wins.
@@ -132,22 +130,7 @@ class LoadBalancingTransport(Layer):
     .. versionadded:: 0.1
     """
 
-    __slots__ = (
-        "_background",
-        "_clock",
-        "_closed",
-        "_cluster",
-        "_group",
-        "_hash_key",
-        "_hashing",
-        "_health_loop",
-        "_health_thread",
-        "_lock",
-        "_probe_transport",
-        "_start_health",
-        "_traffic",
-        "_watchable",
-    )
+    __slots__ = ("_background", "_cluster", "_hash_key", "_hashing", "_pools", "_traffic")
 
     def __init__(
         self,
@@ -179,20 +162,10 @@ class LoadBalancingTransport(Layer):
             raise ConfigError(name + "health_check_transport", probes, "must be an httpx transport or None")
         if hash_key is not None and not callable(hash_key):
             raise ConfigError(name + "hash_key", hash_key, "must be a function of the request, or None")
-        self._clock = clock
-        self._probe_transport = probes
         self._hash_key = hash_key
         self._hashing = hash_key is not None or isinstance(chosen, (RingHash, Maglev))
         checker = HealthChecker(health_check, clock=clock) if health_check is not None else None
-        self._lock = threading.Lock()
         self._traffic = False
-        self._closed = False
-        self._watchable = type(found).watch is not Resolver.watch
-        self._group: Any = None  # the anyio task group entered by `async with`
-        self._background: anyio.CancelScope | None = None
-        self._health_loop: AsyncHealthLoop | None = None
-        self._health_thread: HealthThread | None = None
-        self._start_health = checker is not None  # until background health checking runs
         self._cluster = Cluster(
             _service(service),
             found,
@@ -203,7 +176,12 @@ class LoadBalancingTransport(Layer):
             decay=decay,
             penalty=penalty,
         )
-        self._cluster.on_change = self._wake_health
+        watchable = type(found).watch is not Resolver.watch
+        self._background = Background(self._cluster, probes, clock, watchable=watchable)
+        self._pools = find_pools(inner)  # connection pools per endpoint below: they follow the membership
+        self._cluster.on_change = self._changed
+        if self._cluster.version:
+            self._changed()
         from connectivity.admin.registry import register
 
         # The status app's /endpoints: the service's endpoints, their load, health and ejections, read live.
@@ -288,9 +266,7 @@ class LoadBalancingTransport(Layer):
                 {semconv.CONNECTIVITY_ENDPOINT: stats.key, semconv.CONNECTIVITY_REASON: reason},
             )
         extensions[ENDPOINT_EXTENSION] = endpoint
-        if logical.scheme == "https" and "sni_hostname" not in extensions:
-            extensions["sni_hostname"] = logical.host  # certificates are checked against the service
-        request.url = rewrite(logical, endpoint)
+        request.url = rewrite(logical, endpoint, extensions)  # over TLS, the service stays the server name
         return stats, logical
 
     def _answered(self, stats: EndpointStats, started: float, response: httpx.Response) -> httpx.Response:
@@ -314,14 +290,23 @@ class LoadBalancingTransport(Layer):
         self._traffic = True
         if self._cluster.checker is not None:
             self._cluster.checker.traffic()
-            self._wake_health()
+            self._background.wake()
+
+    def _changed(self) -> None:
+        """Discovery changed the set: wake the health checks, keep the per-endpoint pools in step."""
+        self._background.wake()
+        pools = self._pools
+        if pools is not None:
+            pools.retain([stats.key for stats in self._cluster.endpoints.members])
+            self._background.soon(pools.drain)  # an idle async pool that left closes now, not at the next call
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._sync or self._sync_inner()
-        if self._cluster.stale():
-            self._cluster.refresh()
-        if self._start_health:
-            self._start_thread()
+        cluster = self._cluster
+        if cluster.polling and cluster.stale():
+            cluster.refresh()
+        if self._background.pending:
+            self._background.start_thread()
         stats, logical = self._route(request)
         started = stats.start()
         try:
@@ -339,10 +324,11 @@ class LoadBalancingTransport(Layer):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._async or self._async_inner()
-        if self._cluster.stale():
-            await self._cluster.arefresh()
-        if self._start_health:
-            self._start_thread()
+        cluster = self._cluster
+        if cluster.polling and cluster.stale():
+            await cluster.arefresh()
+        if self._background.pending:
+            self._background.start_thread()
         stats, logical = self._route(request)
         started = stats.start()
         try:
@@ -358,118 +344,19 @@ class LoadBalancingTransport(Layer):
         request.url = logical
         return self._answered(stats, started, response)
 
-    # -- health checks --------------------------------------------------------------------------------------------
-
-    def _health_host(self) -> str:
-        checker = self._cluster.checker
-        assert checker is not None
-        return checker.check.host or self._cluster.service
-
-    def _check_one(self, key: str) -> None:
-        """Probe one endpoint from a pool thread (sync transport side)."""
-        cluster = self._cluster
-        stats = cluster.endpoints.get(key)
-        transport = self._probe_transport
-        if stats is None or cluster.checker is None or not isinstance(transport, httpx.BaseTransport):
-            cluster.health_result(key, NETWORK, "not a member")
-            return
-        outcome, detail = probe(transport, cluster.checker.check, stats.endpoint, self._health_host())
-        cluster.health_result(key, outcome, detail)
-
-    async def _acheck_one(self, key: str) -> None:
-        """Probe one endpoint from the task group (async transport side)."""
-        cluster = self._cluster
-        try:
-            stats = cluster.endpoints.get(key)
-            transport = self._probe_transport
-            if stats is None or cluster.checker is None or not isinstance(transport, httpx.AsyncBaseTransport):
-                cluster.health_result(key, NETWORK, "not a member")
-                return
-            check = cluster.checker.check
-            outcome, detail = await aprobe(transport, check, stats.endpoint, self._health_host(), self._clock)
-            cluster.health_result(key, outcome, detail)
-        except Exception:
-            _log.exception("health check of %s failed", key)
-            cluster.health_result(key, NETWORK, "error")
-
-    def _wake_health(self) -> None:
-        loop, thread = self._health_loop, self._health_thread
-        if loop is not None:
-            loop.wake()
-        if thread is not None:
-            thread.wake()
-
-    def _start_thread(self) -> None:
-        """Start health checking in a thread (first use without a running task group)."""
-        with self._lock:
-            if not self._start_health or self._closed or self._group is not None:
-                return
-            if not isinstance(self._probe_transport, httpx.BaseTransport):
-                raise RuntimeError(
-                    f"{self._cluster.service}: active health checks over an async-only transport run in the "
-                    "client's task group: use `async with httpx.AsyncClient(...)`, or pass a sync-capable "
-                    "health_check_transport (e.g. connectivity.transports.HTTPTransport())"
-                )
-            checker = self._cluster.checker
-            assert checker is not None
-            thread = HealthThread(checker, self._check_one, name=f"connectivity-health-{self._cluster.service}")
-            self._health_thread = thread
-            self._start_health = False
-            thread.start()
-
-    def _stop_thread(self) -> None:
-        thread, self._health_thread = self._health_thread, None
-        if thread is not None:
-            thread.stop(_STOP_TIMEOUT)
-
-    async def _run_background(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.CancelScope() as scope:
-            task_status.started(scope)
-            try:
-                async with anyio.create_task_group() as group:
-                    checker = self._cluster.checker
-                    if self._start_health and checker is not None:
-                        self._start_health = False
-                        loop = self._health_loop = AsyncHealthLoop(checker, self._acheck_one, self._clock)
-                        group.start_soon(loop.run)
-                    if self._watchable:
-                        self._cluster.watching = True
-                        group.start_soon(self._watch)
-            except Exception:  # never disturb the client's own block; requests keep working without these
-                _log.exception("%s: background load-balancing tasks failed", self._cluster.service)
-            finally:
-                self._cluster.watching = False
-                self._health_loop = None
-
-    async def _watch(self) -> None:
-        cluster = self._cluster
-        try:
-            await cluster.resolver.watch(cluster.apply)
-        except Exception:
-            _log.exception("%s: watching %r failed; refreshing inline instead", cluster.service, cluster.resolver)
-        finally:
-            cluster.watching = False
-
     # -- lifetime -------------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._closed = True
-        self._stop_thread()
+        self._background.close()
         super().close()
 
     async def aclose(self) -> None:
-        self._closed = True
-        background = self._background
-        if background is not None:
-            background.cancel()  # the task group itself is left by __aexit__, in the task that entered it
-        if self._health_thread is not None:
-            await anyio.to_thread.run_sync(self._stop_thread)
+        await self._background.aclose()
         await super().aclose()
 
     def __enter__(self) -> LoadBalancingTransport:
         super().__enter__()
-        if self._start_health:
-            self._start_thread()
+        self._background.enter()
         return self
 
     def __exit__(
@@ -478,20 +365,12 @@ class LoadBalancingTransport(Layer):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
-        self._stop_thread()
+        self._background.stop_thread()
         super().__exit__(exc_type, exc_value, traceback)
 
     async def __aenter__(self) -> LoadBalancingTransport:
         await super().__aenter__()
-        if (self._start_health or self._watchable) and self._group is None and not self._closed:
-            group = anyio.create_task_group()
-            await group.__aenter__()
-            try:
-                self._background = await group.start(self._run_background)
-            except BaseException:
-                await group.__aexit__(None, None, None)
-                raise
-            self._group = group
+        await self._background.aenter()
         return self
 
     async def __aexit__(
@@ -500,16 +379,8 @@ class LoadBalancingTransport(Layer):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
-        group, self._group = self._group, None
-        background, self._background = self._background, None
         try:
-            if group is not None:
-                assert background is not None
-                # Only our own scope is cancelled: the client's block (the group's host) is never disturbed.
-                background.cancel()
-                await group.__aexit__(None, None, None)
-            if self._health_thread is not None:
-                await anyio.to_thread.run_sync(self._stop_thread)
+            await self._background.aexit()
         finally:
             await super().__aexit__(exc_type, exc_value, traceback)
 
