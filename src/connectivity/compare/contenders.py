@@ -2,7 +2,8 @@
 
 Theory of operation: every contender sends with an ``httpx.AsyncClient`` whose network transport is a
 :class:`FreshPool`: the same network transport as usual (httpx's own for the bare clients,
-:class:`connectivity.transports.HTTPTransport` under the in-process stack), replaced by a new one, with an empty
+:class:`connectivity.transports.EndpointPools` of :class:`~connectivity.transports.HTTPTransport` under the
+in-process stack, as ``connectivity.transport(discovery=...)`` builds it), replaced by a new one, with an empty
 connection pool, before every block (:func:`connectivity.compare.drive.settle`). Why: httpcore's pool looks at
 *every* pooled connection on every request (is it expired? is its socket readable? one ``poll()`` system call per
 idle connection), so a request costs more client CPU the more idle connections sit in the pool, some 20-25 µs
@@ -32,6 +33,7 @@ from connectivity.compare.drive import Contender
 from connectivity.compare.fleet import Fleet
 from connectivity.compare.pki import UPSTREAM_ID, Pki
 from connectivity.compare.scenarios import Scenario
+from connectivity.transports._endpoint_pools import EndpointPools
 from connectivity.transports.http import HTTPTransport
 from connectivity.transports.peer_identity import PeerIdentityTransport
 from connectivity.transports.timeout import deadline_aware
@@ -116,9 +118,9 @@ def build(
         endpoints = [f"{h}:{p}" for h, p in fleet.addresses]
         mtls = None if tls is None else tls.clients[IN_PROCESS].mtls(peer_id=UPSTREAM_ID)
         verify: Any = plain if mtls is None else mtls.client_context()
-        pool = FreshPool(lambda: HTTPTransport(verify=verify))
-        # What cx.transport(tls=mtls) builds at the bottom of the stack: the network transport (here renewable)
-        # with the MTLS client context, under the peer-identity check.
+        pool = FreshPool(lambda: EndpointPools(lambda: HTTPTransport(verify=verify)))
+        # What cx.transport(discovery=..., tls=mtls) builds at the bottom of the stack: a pool per endpoint (here
+        # renewable) with the MTLS client context, under the peer-identity check.
         inner = pool if mtls is None else PeerIdentityTransport(pool, tls=mtls)
         stack = policy.transport(endpoints, inner=inner, service="upstream", telemetry=False, request_id=False)
         made = httpx.AsyncClient(trust_env=False, timeout=timeout, transport=stack)
