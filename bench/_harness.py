@@ -40,6 +40,8 @@ _PACKAGES = (
     "connectivity-sdk",
     "httpx",
     "httpcore",
+    "httpx2",
+    "httpcore2",
     "h11",
     "anyio",
     "sniffio",
