@@ -21,18 +21,11 @@ from pathlib import Path
 
 from connectivity.compare.pki import SERVER_NAME, Material
 from connectivity.compare.policy import Policy
+from connectivity.compare.proxies._text import address, ms
 
 __all__ = ["command", "config", "counters", "validate_command"]
 
 CONFIG_NAME = "Caddyfile"
-
-
-def _ms(seconds: float) -> str:
-    return f"{max(1, round(seconds * 1000))}ms"
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def config(
@@ -51,12 +44,12 @@ def config(
     unsupported.append("total_timeout: lb_try_duration bounds the time spent retrying, not the whole request")
     retry = ""
     if policy.attempts > 1:
-        retry = f"\t\tlb_retries {policy.attempts - 1}\n\t\tlb_try_duration {_ms(policy.total_timeout)}\n"
+        retry = f"\t\tlb_retries {policy.attempts - 1}\n\t\tlb_try_duration {ms(policy.total_timeout)}\n"
     health = ""
     if policy.consecutive_5xx is not None:
         health = (
             f"\t\tmax_fails {policy.consecutive_5xx}\n"
-            f"\t\tfail_duration {_ms(policy.ejection_time)}\n"
+            f"\t\tfail_duration {ms(policy.ejection_time)}\n"
             "\t\tunhealthy_status 5xx\n"
         )
         unsupported.append(
@@ -76,7 +69,7 @@ def config(
             f"\t\t\ttls_server_name {SERVER_NAME}\n"
         )
     lb = "least_conn" if policy.balancing == "least_request" else "round_robin"
-    targets = " ".join(_address(host, port) for host, port in upstreams)
+    targets = " ".join(address(host, port) for host, port in upstreams)
     host, port = listen
     return (
         f"""{{
@@ -88,13 +81,13 @@ def config(
 \t}}
 }}
 
-http://{_address(host, port)} {{
+http://{address(host, port)} {{
 \tbind {host}
 \treverse_proxy {targets} {{
 \t\tlb_policy {lb}
 {retry}{health}\t\ttransport http {{
-\t\t\tdial_timeout {_ms(policy.per_try_timeout)}
-\t\t\tresponse_header_timeout {_ms(policy.per_try_timeout)}
+\t\t\tdial_timeout {ms(policy.per_try_timeout)}
+\t\t\tresponse_header_timeout {ms(policy.per_try_timeout)}
 \t\t\tkeepalive 600s
 {upstream_tls}\t\t}}
 \t}}

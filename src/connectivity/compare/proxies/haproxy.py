@@ -26,6 +26,7 @@ from pathlib import Path
 
 from connectivity.compare.pki import SERVER_NAME, Material
 from connectivity.compare.policy import Policy
+from connectivity.compare.proxies._text import address, ms
 
 __all__ = ["RETRYABLE", "command", "config", "counters", "validate_command"]
 
@@ -34,14 +35,6 @@ RETRYABLE = frozenset({500, 501, 502, 503, 504})
 
 CONFIG_NAME = "haproxy.cfg"
 STATS_SOCKET = "haproxy.sock"
-
-
-def _ms(seconds: float) -> str:
-    return f"{max(1, round(seconds * 1000))}ms"
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def config(
@@ -71,7 +64,7 @@ def config(
         retry = "    retries 0\n"
     health = ""
     if policy.consecutive_5xx is not None:
-        interval = _ms(policy.ejection_time)
+        interval = ms(policy.ejection_time)
         health = (
             f" check inter {interval} downinter {interval} rise 1 fall 1000000"
             f" observe layer7 error-limit {policy.consecutive_5xx} on-error mark-down"
@@ -107,7 +100,7 @@ def config(
             f" verifyhost {SERVER_NAME} sni str({SERVER_NAME})"
         )
     servers = "".join(
-        f"    server s{index} {_address(host, port)}{upstream_tls}{health}\n"
+        f"    server s{index} {address(host, port)}{upstream_tls}{health}\n"
         for index, (host, port) in enumerate(upstreams)
     )
     return (
@@ -121,12 +114,12 @@ defaults
     option http-keep-alive
     timeout client 600s
     timeout http-keep-alive 600s
-    timeout connect {_ms(policy.per_try_timeout)}
-    timeout server {_ms(policy.per_try_timeout)}
-    timeout queue {_ms(policy.total_timeout)}
+    timeout connect {ms(policy.per_try_timeout)}
+    timeout server {ms(policy.per_try_timeout)}
+    timeout queue {ms(policy.total_timeout)}
 {retry}
 frontend sidecar
-    bind {_address(*listen)}
+    bind {address(*listen)}
 {limit}    default_backend service
 
 backend service
