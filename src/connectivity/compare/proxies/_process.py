@@ -20,6 +20,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -114,6 +115,25 @@ def _stop_all() -> None:
         sidecar.stop()
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT back for the block (in the main thread), then deliver it as it would have been."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
 class Sidecar:
     """A running proxy process group; a context manager that stops it on exit, whatever the exit.
 
@@ -166,7 +186,8 @@ class Sidecar:
             raise ProxyStartError(rendered.proxy, f"no listen port in {rendered!r}")
         out = rendered.workdir / f"{rendered.proxy}.stdout.log"
         err = rendered.workdir / f"{rendered.proxy}.stderr.log"
-        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        # A Ctrl-C between the fork and the registration would leave a proxy nobody stops: it waits until then.
+        with _interrupts_deferred(), open(out, "wb") as stdout, open(err, "wb") as stderr:
             process = subprocess.Popen(
                 rendered.command,
                 stdin=subprocess.DEVNULL,
@@ -176,7 +197,7 @@ class Sidecar:
                 env=environment(rendered.workdir),
                 start_new_session=True,
             )
-        sidecar = cls(rendered, process, f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+            sidecar = cls(rendered, process, f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
         try:
             listening = _wait_listening(process, connect_host, port, time.monotonic() + timeout)
