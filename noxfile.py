@@ -45,6 +45,7 @@ def tests_httpx2(session: nox.Session) -> None:
         "no:cacheprovider",
         "tests/on_httpx2",
         "tests/transports/test_backend_conformance.py",
+        "tests/transports/test_core_calls.py",
         *session.posargs,
     )
 

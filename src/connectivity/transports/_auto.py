@@ -71,10 +71,10 @@ class AutoTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         return self._http.retries
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        sync = self._http.sync
+        self._http.sync  # noqa: B018 - creates the pool and rebinds the transport's handle_request to it
         self._selected["sync"] = "httpcore"
-        self.handle_request = sync.handle_request  # type: ignore[method-assign]
-        return sync.handle_request(request)
+        self.handle_request = self._http.handle_request  # type: ignore[method-assign]
+        return self.handle_request(request)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         library = sniffio.current_async_library()
@@ -91,6 +91,8 @@ class AutoTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                 if self._aiohttp is not None:
                     chosen = self._aiohttp
             self._selected[library] = "aiohttp" if chosen is self._aiohttp else "httpcore"
+            if chosen is self._http:
+                self._http.asynchronous  # noqa: B018 - creates the pool (rebinding handle_async_request)
             # From now on async calls go straight to the chosen pool.
             self.handle_async_request = chosen.handle_async_request  # type: ignore[method-assign]
         return await chosen.handle_async_request(request)

@@ -6,6 +6,7 @@ import threading
 from typing import Any, ClassVar
 
 from connectivity._http import httpx
+from connectivity.transports._core_calls import async_handler, sync_handler
 from connectivity.transports._network import DeadlineAwareAsyncBackend, DeadlineAwareBackend
 
 __all__ = ["HTTPTransport"]
@@ -16,6 +17,9 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
 
     The sync pool (:class:`httpx.HTTPTransport`) and the async pool (:class:`httpx.AsyncHTTPTransport`) are
     created on first use with the same keyword arguments (``verify``, ``cert``, ``http2``, ``limits``, ...).
+
+    Requests go to the pools as httpx's transports send them, minus the second validation of what httpx has
+    already validated (see ``_core_calls``): the same pool, the same requests, the same exceptions, less CPU.
 
     Their network I/O is deadline-aware: every connect, read and write is bounded by what is left of the ambient
     deadline, so a :class:`~connectivity.transports.TimeoutTransport` above needs no cancel scope of its own.
@@ -50,8 +54,8 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     pool = sync._pool
                     pool._network_backend = DeadlineAwareBackend(pool._network_backend, multiplexed=self._h2c)
                     self._sync = sync
-                    # From now on a call goes straight to httpx's transport, with no frame of ours in between.
-                    self.handle_request = sync.handle_request  # type: ignore[method-assign]
+                    # From now on a call goes straight to the pool, with no frame of ours in between.
+                    self.handle_request = sync_handler(sync)  # type: ignore[method-assign,assignment]
         return self._sync
 
     @property
@@ -64,14 +68,16 @@ class HTTPTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     pool = transport._pool
                     pool._network_backend = DeadlineAwareAsyncBackend(pool._network_backend, multiplexed=self._h2c)
                     self._async = transport
-                    self.handle_async_request = transport.handle_async_request  # type: ignore[method-assign]
+                    self.handle_async_request = async_handler(transport)  # type: ignore[method-assign,assignment]
         return self._async
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self.sync.handle_request(request)  # first call only: `sync` rebinds this method
+        self.sync  # noqa: B018 - first call only: creating the pool rebinds this method
+        return self.handle_request(request)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self.asynchronous.handle_async_request(request)  # first call only, as above
+        self.asynchronous  # noqa: B018 - first call only, as above
+        return await self.handle_async_request(request)
 
     def close(self) -> None:
         if self._sync is not None:
