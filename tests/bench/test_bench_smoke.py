@@ -72,9 +72,9 @@ def test_e2e_quick_writes_json_with_both_connectivity_contenders(
                 "errors",
             } <= summary.keys()
             assert summary["errors"] == 0
-        assert "connectivity (full) <= 1.02x httpx" in mode["checks"]
-        assert "connectivity (+breaker) <= 1.02x httpx" in mode["checks"]
-        assert "connectivity (+balancer) <= 1.03x httpx" in mode["checks"]
+        assert "connectivity (full) <= 1.02x httpx (paired)" in mode["checks"]
+        assert "connectivity (+breaker) <= 1.02x httpx (paired)" in mode["checks"]
+        assert "connectivity (+balancer) <= 1.03x httpx (paired)" in mode["checks"]
         assert not any(check.startswith("connectivity (defaults)") for check in mode["checks"])
         if "httpx-retries" in contenders:
             assert "connectivity (retry) < httpx-retries (same job)" in mode["checks"]

@@ -87,6 +87,22 @@ def test_one_second_deadline_against_a_three_second_upstream(mode: str, faulty_u
     assert stats.completed == 0 or stats.ok == 0
 
 
+def test_a_deadline_over_a_transport_that_does_not_enforce_it_cancels_the_call(
+    mode: str, faulty_upstream_factory
+) -> None:  # type: ignore[no-untyped-def]
+    # httpx's own transports do not know the deadline: async calls run in a cancel scope (opened at the call's
+    # first wait), sync ones get httpx's timeouts clamped to it.
+    server = faulty_upstream_factory("slow", faults=Faults(latency=3.0))
+    inner = httpx.HTTPTransport() if mode == "sync" else httpx.AsyncHTTPTransport()
+    transport = cx.transport(inner, timeout=cx.Timeout(total=1.0), retry=None)
+    started = time.monotonic()
+    with pytest.raises(cx.DeadlineExceededError):
+        request(mode, transport, "GET", f"{server.url}/slow")
+    assert 0.95 <= time.monotonic() - started < 1.5
+    stats = server.app.wait_for(lambda s: s.in_flight == 0 and s.disconnects >= 1, timeout=1.5)
+    assert stats.completed == 0 or stats.ok == 0
+
+
 def test_deadline_covers_retries_against_a_slow_replica(mode: str, faulty_upstream_factory) -> None:  # type: ignore[no-untyped-def]
     server = faulty_upstream_factory("slow", faults=Faults(latency=0.3, error_rate=1.0))
     transport = cx.transport(
