@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         help="override calls (overhead) / requests (e2e, inbound) per round, requests per segment (instructions), "
         "requests per concurrency per round (backends; half at c=1), request pairs per mode per round (mirror)",
     )
+    parser.add_argument(
+        "--processes", type=int, help="e2e: client processes per client kind, each running --rounds rounds"
+    )
     parser.add_argument("--no-trio", action="store_true", help="skip the trio measurements")
     parser.add_argument(
         "--results-dir", type=Path, help="where to write <benchmark>.json (default: bench/results/)"
@@ -102,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     quick=args.quick,
                     rounds=args.rounds,
                     requests=args.count,
+                    processes=args.processes,
                     results_dir=args.results_dir,
                 )
             )

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,15 +105,20 @@ class Settings:
         rounds: Measured rounds (the reported value is the median over them).
         warmup: Untimed requests per contender before the first round (opens the keep-alive connection).
         block: Requests a contender sends before handing over to the next (see :func:`bench._harness.schedule`).
+        processes: Fresh client processes per client kind, each running ``rounds`` rounds (1: the rounds run
+            in this process). Where an interpreter happens to lay out its objects and hash its strings moves a
+            stack's cost by several µs from one process to the next, more than a run's rounds move it; pooling
+            the rounds of several processes measures what a process pays on average.
     """
 
     requests: int
     rounds: int
     warmup: int
     block: int = 10
+    processes: int = 1
 
 
-FULL = Settings(requests=500, rounds=15, warmup=100)
+FULL = Settings(requests=500, rounds=7, warmup=100, processes=3)
 QUICK = Settings(requests=40, rounds=5, warmup=10, block=5)
 
 
@@ -367,10 +373,57 @@ def _async_mode(url: str, settings: Settings) -> dict[str, list[dict[str, Any]]]
     return anyio.run(measure, backend="asyncio")
 
 
+_MODES: dict[str, Callable[[str, Settings], dict[str, list[dict[str, Any]]]]] = {
+    "async": _async_mode,
+    "sync": _sync_mode,
+}
+_WORKER_TIMEOUT = 1800.0
+
+
+def _in_process(mode: str, url: str, settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """One client process's rounds, run in a fresh interpreter (``python -m bench.e2e MODE URL ...``)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "bench.e2e", mode, url]
+    command += [str(value) for value in (settings.requests, settings.rounds, settings.warmup, settings.block)]
+    completed = subprocess.run(
+        command, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=_WORKER_TIMEOUT, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"e2e {mode} client process failed ({completed.returncode}):\n{completed.stderr[-2000:]}"
+        )
+    rounds: dict[str, list[dict[str, Any]]] = json.loads(completed.stdout)
+    return rounds
+
+
+def _measure(mode: str, url: str, settings: Settings) -> tuple[dict[str, list[dict[str, Any]]], list[int]]:
+    """Every round of ``mode``, pooled over ``settings.processes`` processes, and each round's process."""
+    if settings.processes <= 1:
+        rounds = _MODES[mode](url, settings)
+        return rounds, [0] * settings.rounds
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    origin: list[int] = []
+    for process in range(settings.processes):
+        for name, results in _in_process(mode, url, settings).items():
+            pooled.setdefault(name, []).extend(results)
+        origin.extend([process] * settings.rounds)
+    return pooled, origin
+
+
+def _worker(argv: Sequence[str]) -> int:
+    """``python -m bench.e2e MODE URL REQUESTS ROUNDS WARMUP BLOCK``: print one process's rounds as JSON."""
+    mode, url, *numbers = argv
+    requests, rounds, warmup, block = (int(number) for number in numbers)
+    settings = Settings(requests=requests, rounds=rounds, warmup=warmup, block=block)
+    json.dump(_MODES[mode](url, settings), sys.stdout)
+    return 0
+
+
 # -- report -----------------------------------------------------------------------------------------------
 
 
-def _summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _summarise(rounds: dict[str, list[dict[str, Any]]], origin: Sequence[int] | None = None) -> dict[str, Any]:
     contenders: dict[str, Any] = {}
     for name, results in rounds.items():
         cpu = [result["cpu_us_per_request"] for result in results]
@@ -392,8 +445,14 @@ def _summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         summary["cpu_added_us_paired_median"] = round(
             median([mine - base for mine, base in zip(own, bare_rounds, strict=True)]), 2
         )
-        paired[name] = median([mine / base for mine, base in zip(own, bare_rounds, strict=True)])
+        ratios = [mine / base for mine, base in zip(own, bare_rounds, strict=True)]
+        paired[name] = median(ratios)
         summary["cpu_ratio_paired_median"] = round(paired[name], 4)
+        if origin is not None and len(set(origin)) > 1:
+            summary["cpu_ratio_paired_median_by_process"] = [
+                round(median([ratio for ratio, where in zip(ratios, origin, strict=True) if where == process]), 4)
+                for process in sorted(set(origin))
+            ]
 
     def cost(name: str) -> float:
         return paired[name]  # unrounded
@@ -471,14 +530,16 @@ def run(
     quick: bool = False,
     rounds: int | None = None,
     requests: int | None = None,
+    processes: int | None = None,
     results_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the e2e benchmark, print its tables and verdicts, and write ``e2e.json``.
 
     Args:
         quick: Few rounds of few requests (a smoke run: the numbers are not meaningful).
-        rounds: Override the number of rounds.
+        rounds: Override the number of rounds (per client process).
         requests: Override the requests per contender per round.
+        processes: Override the number of client processes per client kind.
         results_dir: Where to write the JSON (default ``bench/results/``).
 
     Returns:
@@ -500,19 +561,21 @@ def run(
         rounds=rounds or base.rounds,
         warmup=base.warmup,
         block=min(base.block, requests or base.block),
+        processes=processes or base.processes,
     )
     client_cpu, server_cpu = pinning()
     began = time.perf_counter()
+    where = f"in each of {settings.processes} client processes" if settings.processes > 1 else "in this process"
     print(
         f"e2e: sequential GETs to uvicorn on {HOST} (separate process), {settings.rounds} rounds x "
-        f"{settings.requests} requests per contender, taking turns every {settings.block} requests; "
+        f"{settings.requests} requests per contender {where}, taking turns every {settings.block} requests; "
         "client CPU (process_time) and wall latency"
     )
     modes: dict[str, Any] = {}
     with upstream(server_cpu) as url, pinned(client_cpu):
-        modes["async"] = _summarise(_async_mode(url, settings))
+        modes["async"] = _summarise(*_measure("async", url, settings))
         _print_mode("httpx.AsyncClient (asyncio)", modes["async"])
-        modes["sync"] = _summarise(_sync_mode(url, settings))
+        modes["sync"] = _summarise(*_measure("sync", url, settings))
         _print_mode("httpx.Client", modes["sync"])
     payload: dict[str, Any] = {
         "benchmark": "e2e",
@@ -522,6 +585,7 @@ def run(
         "config": {
             "requests_per_round": settings.requests,
             "rounds": settings.rounds,
+            "client_processes": settings.processes,
             "warmup_requests": settings.warmup,
             "timer": "time.process_time_ns (client process), time.perf_counter_ns per request",
             "block_requests": settings.block,
@@ -535,3 +599,7 @@ def run(
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
     return publish("e2e", payload, results_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker(sys.argv[1:]))

@@ -81,6 +81,23 @@ def test_e2e_quick_writes_json_with_both_connectivity_contenders(
     assert "noise floor" in capsys.readouterr().out
 
 
+def test_e2e_pools_the_rounds_of_several_client_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("sniffio")
+    monkeypatch.syspath_prepend(str(_ROOT))
+    from bench.__main__ import main
+
+    main(["e2e", "--quick", "--rounds", "1", "--count", "5", "--processes", "2", "--results-dir", str(tmp_path)])
+
+    results = json.loads((tmp_path / "e2e.json").read_text(encoding="utf-8"))
+    assert results["config"]["client_processes"] == 2
+    for mode in results["modes"].values():
+        for name, summary in mode["contenders"].items():
+            assert len(summary["rounds"]) == 2  # one round from each process
+            assert summary["errors"] == 0
+            assert len(summary["cpu_ratio_paired_median_by_process"]) == 2, name
+
+
 def test_instructions_without_valgrind_is_skipped_and_fails_only_under_strict(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
