@@ -106,14 +106,6 @@ class RetryTransport(Layer):
             )
         return layer
 
-    @staticmethod
-    def _begin(policy: Retry, request: httpx.Request) -> None:
-        """Before the first attempt: a budget deposit, and a streamed body made replayable (when retried)."""
-        if policy.budget is not None:
-            policy.budget.deposit()
-        if policy.attempts > 1 and type(request.stream) is not _BYTES:
-            make_replayable(request, policy.max_replay_bytes)
-
     def _observer(self) -> CallTrace | None:
         """The tracing layer's record of this call, when that layer asked this one to report every attempt."""
         call = _CALL.get()
@@ -237,8 +229,13 @@ class RetryTransport(Layer):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
-        if policy.budget is not None or type(request.stream) is not _BYTES:
-            self._begin(policy, request)
+        # Before the first attempt (inline: this runs on every call): a budget deposit, and a streamed body
+        # made replayable when it may be sent again.
+        budget = policy.budget
+        if budget is not None:
+            budget.deposit()
+        if type(request.stream) is not _BYTES and policy.attempts > 1:
+            make_replayable(request, policy.max_replay_bytes)
         target = (
             (self._sync or self._sync_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
         )
@@ -265,8 +262,13 @@ class RetryTransport(Layer):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
-        if policy.budget is not None or type(request.stream) is not _BYTES:
-            self._begin(policy, request)
+        # Before the first attempt (inline: this runs on every call): a budget deposit, and a streamed body
+        # made replayable when it may be sent again.
+        budget = policy.budget
+        if budget is not None:
+            budget.deposit()
+        if type(request.stream) is not _BYTES and policy.attempts > 1:
+            make_replayable(request, policy.max_replay_bytes)
         target = (
             (self._async or self._async_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
         )
