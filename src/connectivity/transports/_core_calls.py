@@ -108,7 +108,8 @@ class _SyncStream(_SyncResponseStream):  # type: ignore[misc]
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            for part in self._httpcore_stream:  # not `yield from`: closing this must not close httpcore's
+            # Not `yield from`: closing this generator must not close httpcore's (httpx does not either).
+            for part in self._httpcore_stream:  # noqa: UP028
                 yield part
         except Exception:
             with _map_exceptions():
