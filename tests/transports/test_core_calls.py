@@ -152,20 +152,10 @@ def test_the_installed_httpcore_takes_the_fast_path() -> None:
 
 @pytest.mark.parametrize("request_", _requests(), ids=lambda request: f"{request.method} {request.url}")
 def test_the_pool_gets_the_request_httpx_would_give_it(request_: httpx.Request) -> None:
-    method = request_.method.encode("ascii")
-    built = _core_calls._core_request(request_, method)
-    reference = httpcore.Request(
-        method=request_.method,
-        url=httpcore.URL(
-            scheme=request_.url.raw_scheme,
-            host=request_.url.raw_host,
-            port=request_.url.port,
-            target=request_.url.raw_path,
-        ),
-        headers=request_.headers.raw,
-        content=request_.stream,
-        extensions=request_.extensions,
-    )
+    theirs, ours, theirs_pool, ours_pool = _pair(is_async=False)
+    _call(theirs, request_, is_async=False)
+    _call(ours, request_, is_async=False)
+    built, reference = ours_pool.requests[0], theirs_pool.requests[0]
     assert type(built) is httpcore.Request
     assert type(built.url) is httpcore.URL
     assert _fields(built) == _fields(reference)
