@@ -119,6 +119,16 @@ def _outcome(handler: Any, request: httpx.Request, is_async: bool) -> tuple[type
     return type(caught.value), str(caught.value), caught.value.__cause__
 
 
+def _failing_in_both(is_async: bool, where: str, error: Exception) -> tuple[Any, Any, _Pool]:
+    """Our outcome and httpx's when both pools fail the same way (``where``: "error" or "body_error")."""
+    theirs, ours, theirs_pool, ours_pool = _pair(is_async)
+    setattr(theirs_pool, where, type(error)(*error.args))
+    setattr(ours_pool, where, error)
+    theirs_outcome = _outcome(theirs, httpx.Request("GET", "http://example.test/"), is_async)
+    ours_outcome = _outcome(ours, httpx.Request("GET", "http://example.test/"), is_async)
+    return ours_outcome, theirs_outcome, ours_pool
+
+
 def _fields(core_request: Any) -> dict[str, Any]:
     fields = dict(vars(core_request))
     fields["url"] = vars(fields["url"])
@@ -183,11 +193,7 @@ def test_responses_are_the_same(is_async: bool) -> None:
 def test_httpcore_errors_map_to_the_same_httpx_errors(
     raised: type[Exception], expected: type[Exception], is_async: bool
 ) -> None:
-    theirs, ours, theirs_pool, ours_pool = _pair(is_async)
-    theirs_pool.error = raised("the upstream said no")
-    ours_pool.error = raised("the upstream said no")
-    theirs_outcome = _outcome(theirs, httpx.Request("GET", "http://example.test/"), is_async)
-    ours_outcome = _outcome(ours, httpx.Request("GET", "http://example.test/"), is_async)
+    ours_outcome, theirs_outcome, ours_pool = _failing_in_both(is_async, "error", raised("the upstream said no"))
     assert ours_outcome[:2] == theirs_outcome[:2] == (expected, "the upstream said no")
     assert ours_outcome[2] is ours_pool.error
 
@@ -210,11 +216,7 @@ def test_an_error_that_is_not_httpcore_s_passes_unchanged(is_async: bool) -> Non
 def test_a_body_that_fails_midway_maps_the_same(
     raised: type[Exception], expected: type[Exception], is_async: bool
 ) -> None:
-    theirs, ours, theirs_pool, ours_pool = _pair(is_async)
-    theirs_pool.body_error = raised("connection lost")
-    ours_pool.body_error = raised("connection lost")
-    theirs_outcome = _outcome(theirs, httpx.Request("GET", "http://example.test/"), is_async)
-    ours_outcome = _outcome(ours, httpx.Request("GET", "http://example.test/"), is_async)
+    ours_outcome, theirs_outcome, ours_pool = _failing_in_both(is_async, "body_error", raised("connection lost"))
     assert ours_outcome[:2] == theirs_outcome[:2] == (expected, "connection lost")
     assert ours_outcome[2] is ours_pool.body_error
 
