@@ -1,6 +1,9 @@
+import math
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectivity import ConfigError, RetryBudget
 from connectivity.testing import FakeClock
@@ -83,3 +86,43 @@ def test_invalid_values_name_the_field(kwargs: dict[str, float], field: str) -> 
     with pytest.raises(ConfigError) as info:
         RetryBudget(**kwargs)
     assert info.value.field == field
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ratio=st.sampled_from([0.0, 0.2, 0.5, 1.0]),
+    floor=st.sampled_from([0.0, 0.5, 1.0]),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["deposit", "withdraw", "balance", "advance"]), st.integers(0, 24)), max_size=120
+    ),
+)
+def test_budget_matches_a_reference_model_of_its_window(
+    ratio: float, floor: float, steps: list[tuple[str, int]]
+) -> None:
+    # The model keeps the time of every deposit and retry and counts those whose slot (a tenth of ttl) is one of
+    # the ten latest. Times are multiples of 1/4 s and slots 1 s wide, so both sides see the same boundaries.
+    clock = FakeClock()
+    budget = RetryBudget(ratio=ratio, min_per_second=floor, ttl=10, clock=clock)
+    deposits: list[float] = []
+    retries: list[float] = []
+
+    def model_allowed() -> float:
+        oldest = math.floor(clock.now()) - 9
+        recent = sum(math.floor(t) >= oldest for t in deposits)
+        taken = sum(math.floor(t) >= oldest for t in retries)
+        return ratio * recent + floor * 10 - taken
+
+    for action, amount in steps:
+        if action == "deposit":
+            budget.deposit()
+            deposits.append(clock.now())
+        elif action == "withdraw":
+            expected = model_allowed() >= 1 - 1e-9  # one more retry fits
+
+            assert budget.try_withdraw() == expected
+            if expected:
+                retries.append(clock.now())
+        elif action == "balance":
+            assert budget.balance() == pytest.approx(max(0.0, model_allowed()))
+        else:
+            clock.advance(amount / 4)

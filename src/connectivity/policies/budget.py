@@ -8,11 +8,14 @@ still retry now and then.
 
 Counts are kept in ``_SLOTS`` time slots covering ``ttl``; a slot older than ``ttl`` is forgotten as time moves,
 so a burst of failures an hour ago does not starve retries now. One budget can be shared by many clients, threads
-and tasks: updates take a lock held for a few integer operations.
+and tasks: a deposit is one lock-free count (it takes the lock only when time has moved to the next slot), and
+every other update takes a lock held for a few integer operations.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -52,19 +55,17 @@ class RetryBudget:
     def deposit(self) -> None:
         """Record one logical request (call once per request, not per attempt)."""
         state = self._state
-        index = int(self.clock.now() // state.width)
-        with state.lock:
-            if index != state.index:
-                state.rotate_to(index)
-            state.requests[index % _SLOTS] += 1
-            state.request_total += 1
+        if self.clock.now() >= state.next_slot_at:
+            with state.lock:
+                state.rotate(self.clock.now())
+        state.count()
 
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; ``False`` (and nothing taken) when it is spent."""
         state = self._state
         with state.lock:
             state.rotate(self.clock.now())
-            allowed = self.ratio * state.request_total + self.min_per_second * self.ttl
+            allowed = self.ratio * state.request_total() + self.min_per_second * self.ttl
             if state.retry_total + 1 > allowed + 1e-9:
                 return False
             state.retries[state.index % _SLOTS] += 1
@@ -76,38 +77,60 @@ class RetryBudget:
         state = self._state
         with state.lock:
             state.rotate(self.clock.now())
-            allowed = self.ratio * state.request_total + self.min_per_second * self.ttl
+            allowed = self.ratio * state.request_total() + self.min_per_second * self.ttl
             return max(0.0, allowed - state.retry_total)
 
 
 class _BudgetState:
-    """The mutable counters behind a frozen RetryBudget (one per budget, guarded by ``lock``)."""
+    """The mutable counters behind a frozen RetryBudget (one per budget).
 
-    __slots__ = ("index", "lock", "request_total", "requests", "retries", "retry_total", "width")
+    Deposits, one per request, take no lock: each is one step of an :func:`itertools.count`, which the GIL makes
+    atomic (CPython's :mod:`threading` counts its thread names the same way). A slot does not count its requests;
+    it remembers how many had been counted when it began (``marks``), so the window holds what was counted since
+    its oldest slot began. Everything else (moving to a new slot, retries, reading the counter) happens under
+    ``lock``, and only a deposit that finds its slot over moves to the next.
+    """
+
+    __slots__ = ("count", "index", "lock", "marks", "next_slot_at", "reads", "retries", "retry_total", "width")
 
     def __init__(self, width: float) -> None:
         self.lock = threading.Lock()
         self.width = width
         self.index = -(_SLOTS + 1)  # far in the past: the first rotate starts from zero
-        self.requests = [0] * _SLOTS
+        self.next_slot_at = -math.inf  # when the current slot is over: the first deposit moves to its slot
+        self.count = itertools.count().__next__
+        self.reads = 0  # steps of the counter taken to read it, not by requests
+        self.marks = [0] * _SLOTS  # for slot i: requests counted before it began (at index i % _SLOTS)
         self.retries = [0] * _SLOTS
-        self.request_total = 0
         self.retry_total = 0
 
+    def counted(self) -> int:
+        """Requests counted so far (with ``lock`` held); reading the counter steps it, and that is no request."""
+        value = self.count() - self.reads
+        self.reads += 1
+        return value
+
+    def request_total(self) -> int:
+        """Requests in the window (with ``lock`` held): counted since its oldest slot began."""
+        return self.counted() - self.marks[(self.index + 1) % _SLOTS]
+
     def rotate(self, now: float) -> None:
+        """Move the window to the slot of ``now`` (with ``lock`` held)."""
         index = int(now // self.width)
         if index != self.index:
             self.rotate_to(index)
 
     def rotate_to(self, index: int) -> None:
+        counted = self.counted()
         if index - self.index >= _SLOTS or index < self.index:
-            self.requests = [0] * _SLOTS
+            self.marks = [counted] * _SLOTS
             self.retries = [0] * _SLOTS
-            self.request_total = self.retry_total = 0
+            self.retry_total = 0
         else:
-            for expired in range(self.index + 1, index + 1):
-                slot = expired % _SLOTS
-                self.request_total -= self.requests[slot]
+            for began in range(self.index + 1, index + 1):
+                slot = began % _SLOTS
+                self.marks[slot] = counted
                 self.retry_total -= self.retries[slot]
-                self.requests[slot] = self.retries[slot] = 0
+                self.retries[slot] = 0
         self.index = index
+        self.next_slot_at = (index + 1) * self.width
