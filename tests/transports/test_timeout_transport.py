@@ -141,3 +141,34 @@ def test_hand_composed_timeout_layer_propagates_when_asked(send: Sender) -> None
     script = ScriptedTransport([200], clock=clock)
     send(TimeoutTransport(script, 3.0, propagate=True, clock=clock))
     assert script.requests[0].headers[DEADLINE_HEADER] == "3000"
+
+
+class _IgnoresTimeouts(ScriptedTransport):
+    """A blocking transport that neither bounds its waits by the deadline nor honours httpx's timeouts."""
+
+    @staticmethod
+    def _read_timeout(request: httpx.Request) -> float | None:
+        return None
+
+
+def test_a_late_sync_answer_from_a_transport_that_ignores_timeouts_is_refused() -> None:
+    clock = FakeClock()
+    script = _IgnoresTimeouts([Step(200, delay=3.0)], clock=clock)
+    with (
+        httpx.Client(transport=TimeoutTransport(script, 1.0, clock=clock)) as client,
+        pytest.raises(cx.DeadlineExceededError),
+    ):
+        client.get("http://upstream/")
+    assert clock.now() == 3.0  # nothing could interrupt the call; its answer came too late to hand out
+    assert script.closed == 1  # and was closed, not leaked
+
+
+class _TrustedToStop(_IgnoresTimeouts):
+    connectivity_deadline_aware = True
+
+
+def test_a_transport_that_bounds_its_own_waits_is_not_second_guessed() -> None:
+    clock = FakeClock()
+    script = _TrustedToStop([Step(200, delay=3.0)], clock=clock)
+    with httpx.Client(transport=TimeoutTransport(script, 1.0, clock=clock)) as client:
+        assert client.get("http://upstream/").status_code == 200

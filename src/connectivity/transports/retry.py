@@ -15,6 +15,10 @@ Errors and the final outcome:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
 from connectivity._http import httpx
 from connectivity.errors import RetriesExhaustedError, RetryBudgetExhaustedError
 from connectivity.policies.clock import SYSTEM_CLOCK, Clock
@@ -35,7 +39,7 @@ from connectivity.transports._outcome import (
     next_attempt,
     set_record,
 )
-from connectivity.transports.timeout import TimeoutTransport, clamp_timeouts
+from connectivity.transports.timeout import _UNCHANGED, TimeoutTransport, _restore, clamp_timeouts
 
 __all__ = ["ATTEMPT_HEADER", "RetryTransport"]
 
@@ -44,6 +48,8 @@ _BYTES = httpx.ByteStream
 """A body held in memory: replayable as it is."""
 ATTEMPT_HEADER = "x-connectivity-attempt"
 """Sent on retries (absent on the first attempt), like Envoy's ``x-envoy-attempt-count``."""
+_SyncCall = Callable[[httpx.Request], httpx.Response]
+_AsyncCall = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
 
 class RetryTransport(Layer):
@@ -71,6 +77,10 @@ class RetryTransport(Layer):
         self._clock = clock
         # A per-try timeout configured on the policy is enforced by an inner TimeoutTransport of our own.
         self._per_try: dict[float, TimeoutTransport] = {}
+        if type(self)._handles_own_calls():
+            # A call goes straight to _send: no frame of handle_request's in between.
+            self.handle_request = partial(RetryTransport._send, self, None)  # type: ignore[method-assign]
+            self.handle_async_request = partial(RetryTransport._asend, self, None)  # type: ignore[method-assign]
 
     @property
     def retry(self) -> Retry:
@@ -227,71 +237,144 @@ class RetryTransport(Layer):
             return state, None
         return state, decision
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
-        # Before the first attempt (inline: this runs on every call): a budget deposit, and a streamed body
-        # made replayable when it may be sent again.
-        budget = policy.budget
-        if budget is not None:
-            budget.deposit()
-        if type(request.stream) is not _BYTES and policy.attempts > 1:
-            make_replayable(request, policy.max_replay_bytes)
-        target = (
-            (self._sync or self._sync_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
+    def _under_limit(self, limit: TimeoutTransport) -> tuple[_SyncCall, _AsyncCall] | None:
+        """The calls of ``limit`` (a total-timeout layer directly outside), done by this layer in its own frame.
+
+        ``None`` when a subclass handles calls its own way: then ``limit`` calls it as any other inner transport.
+        """
+        if not type(self)._handles_own_calls():
+            return None
+        return partial(RetryTransport._send, self, limit), partial(RetryTransport._asend, self, limit)
+
+    @classmethod
+    def _handles_own_calls(cls) -> bool:
+        return (
+            cls.handle_request is RetryTransport.handle_request
+            and cls.handle_async_request is RetryTransport.handle_async_request
         )
-        state: RetryState | None = None
-        observed = None if _CALL.get() is None else self._observer()
-        while True:
-            try:
-                response = target.handle_request(request) if observed is None else observed.send(target, request)
-            except httpx.TransportError as exc:
-                state, decision = self._on_error(policy, state, request, exc)
-                self._clock.sleep(decision.delay)
-                continue
-            if response.status_code not in policy.statuses:
-                if state is None:  # the success path, inline: most calls end here
-                    if EXTENSION not in response.extensions:
-                        response.extensions[EXTENSION] = FIRST_TRY
-                    return response
-                return self._finish(response, state, None)
-            state, retrying = self._on_response(policy, state, request, response)
-            if retrying is None:
-                return response
-            discard(response)
-            self._clock.sleep(retrying.delay)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # Not called once __init__ has bound the call to _send (unless a subclass overrides this method).
+        return self._send(None, request)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
-        # Before the first attempt (inline: this runs on every call): a budget deposit, and a streamed body
-        # made replayable when it may be sent again.
-        budget = policy.budget
-        if budget is not None:
-            budget.deposit()
-        if type(request.stream) is not _BYTES and policy.attempts > 1:
-            make_replayable(request, policy.max_replay_bytes)
-        target = (
-            (self._async or self._async_inner()) if policy.per_try_timeout is None else self._per_try_layer(policy)
-        )
-        state: RetryState | None = None
-        observed = None if _CALL.get() is None else self._observer()
-        while True:
-            try:
-                if observed is None:
-                    response = await target.handle_async_request(request)
-                else:
-                    response = await observed.asend(target, request)
-            except httpx.TransportError as exc:
-                state, decision = self._on_error(policy, state, request, exc)
-                await self._clock.asleep(decision.delay)
-                continue
-            if response.status_code not in policy.statuses:
-                if state is None:  # the success path, inline: most calls end here
-                    if EXTENSION not in response.extensions:
-                        response.extensions[EXTENSION] = FIRST_TRY
-                    return response
-                return self._finish(response, state, None)
-            state, retrying = self._on_response(policy, state, request, response)
-            if retrying is None:
-                return response
-            await adiscard(response)
-            await self._clock.asleep(retrying.delay)
+        return await self._asend(None, request)
+
+    def _send(self, limit: TimeoutTransport | None, request: httpx.Request) -> httpx.Response:
+        """Send ``request``, retrying as the policy allows; first, when ``limit`` is given, open its limit.
+
+        ``limit`` is the total-timeout layer directly outside this one, whose work this call then does (see
+        :class:`~connectivity.transports.TimeoutTransport`): it opens the limit before the first attempt, maps a
+        timeout that was the limit running out to the limit's error and closes the limit after the last attempt.
+        (The limit hands its calls over only when the transports inside bound their own waits by it, so no answer
+        can come later than the limit.)
+        """
+        opened = None if limit is None else limit._open(request)
+        try:
+            policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
+            # Before the first attempt (inline: this runs on every call): a budget deposit, and a streamed body
+            # made replayable when it may be sent again.
+            budget = policy.budget
+            if budget is not None:
+                budget.deposit()
+            if type(request.stream) is not _BYTES and policy.attempts > 1:
+                make_replayable(request, policy.max_replay_bytes)
+            target = (
+                (self._sync or self._sync_inner())
+                if policy.per_try_timeout is None
+                else self._per_try_layer(policy)
+            )
+            state: RetryState | None = None
+            observed = None if _CALL.get() is None else self._observer()
+            while True:
+                try:
+                    response = (
+                        target.handle_request(request) if observed is None else observed.send(target, request)
+                    )
+                except httpx.TransportError as exc:
+                    state, decision = self._on_error(policy, state, request, exc)
+                    self._clock.sleep(decision.delay)
+                    continue
+                if response.status_code not in policy.statuses:
+                    if state is None:  # the success path, inline: most calls end here
+                        if EXTENSION not in response.extensions:
+                            response.extensions[EXTENSION] = FIRST_TRY
+                    else:
+                        self._finish(response, state, None)
+                    break
+                state, retrying = self._on_response(policy, state, request, response)
+                if retrying is None:
+                    break
+                discard(response)
+                self._clock.sleep(retrying.delay)
+        except httpx.TimeoutException as exc:
+            if opened is None or (error := _settled(limit, request, opened, exc)) is exc:
+                raise
+            raise error from exc
+        finally:
+            if opened is not None:
+                # TimeoutTransport._close, inline: this runs on every call.
+                if (token := opened[3]) is not None:
+                    _current.reset(token)
+                if opened[2] is not _UNCHANGED:
+                    _restore(request, opened[2])
+        return response
+
+    async def _asend(self, limit: TimeoutTransport | None, request: httpx.Request) -> httpx.Response:
+        """:meth:`_send` for ``httpx.AsyncClient``."""
+        opened = None if limit is None else limit._open(request)
+        try:
+            policy: Retry = request.extensions.get(_OVERRIDE) or self._retry
+            budget = policy.budget
+            if budget is not None:
+                budget.deposit()
+            if type(request.stream) is not _BYTES and policy.attempts > 1:
+                make_replayable(request, policy.max_replay_bytes)
+            target = (
+                (self._async or self._async_inner())
+                if policy.per_try_timeout is None
+                else self._per_try_layer(policy)
+            )
+            state: RetryState | None = None
+            observed = None if _CALL.get() is None else self._observer()
+            while True:
+                try:
+                    if observed is None:
+                        response = await target.handle_async_request(request)
+                    else:
+                        response = await observed.asend(target, request)
+                except httpx.TransportError as exc:
+                    state, decision = self._on_error(policy, state, request, exc)
+                    await self._clock.asleep(decision.delay)
+                    continue
+                if response.status_code not in policy.statuses:
+                    if state is None:  # the success path, inline: most calls end here
+                        if EXTENSION not in response.extensions:
+                            response.extensions[EXTENSION] = FIRST_TRY
+                    else:
+                        self._finish(response, state, None)
+                    break
+                state, retrying = self._on_response(policy, state, request, response)
+                if retrying is None:
+                    break
+                await adiscard(response)
+                await self._clock.asleep(retrying.delay)
+        except httpx.TimeoutException as exc:
+            if opened is None or (error := _settled(limit, request, opened, exc)) is exc:
+                raise
+            raise error from exc
+        finally:
+            if opened is not None:
+                if (token := opened[3]) is not None:
+                    _current.reset(token)
+                if opened[2] is not _UNCHANGED:
+                    _restore(request, opened[2])
+        return response
+
+
+def _settled(
+    limit: TimeoutTransport | None, request: httpx.Request, opened: tuple[Any, ...], exc: httpx.TimeoutException
+) -> httpx.TimeoutException:
+    """The error to raise for a timeout under ``limit``: its own when its limit ran out, else ``exc`` itself."""
+    assert limit is not None
+    return limit._settle(request, opened[0], opened[1], exc)

@@ -18,6 +18,12 @@ shorter. Then it
 When the limit that fired was its own per-try limit it raises :class:`~connectivity.PerTryTimeoutError` (a retry
 layer outside may try again); when the total deadline ran out it raises
 :class:`~connectivity.DeadlineExceededError` (nobody retries that).
+
+Directly over a :class:`~connectivity.transports.RetryTransport` whose attempts are bounded at the socket (the
+stack :func:`connectivity.transport` builds), a total limit hands its calls to the retry layer, which opens and
+closes this layer's limit around its loop (this layer's :meth:`TimeoutTransport._open`, ``_settle`` and
+``_close``) in the same frame. The work and the errors are the same; a call pays one frame fewer, and an async
+call one coroutine fewer to pass through each time it is resumed after waiting on the network.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ _HTTPX_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 
 
 _UNCHANGED = object()
+_Opened = tuple[Deadline, float, object, "Token[Deadline | None] | None"]
+"""What :meth:`TimeoutTransport._open` returns: the deadline, its seconds, the timeouts to restore, the token."""
 
 
 def clamp_timeouts(request: httpx.Request, left: float, *, pool_only: bool = False) -> object:
@@ -130,6 +138,20 @@ class TimeoutTransport(Layer):
         # Over a deadline-aware network transport the limit is enforced at the socket (see _network.py); over any
         # other transport an async call gets a cancel scope that fires at the limit.
         self._at_socket = deadline_aware(inner)
+        if self._at_socket and not per_try and type(self)._handles_own_calls():
+            fuse = getattr(inner, "_under_limit", None)
+            handlers = None if fuse is None else fuse(self)
+            if handlers is not None:
+                # The retry layer does this layer's work in its own frame (see the module's docstring).
+                self.handle_request, self.handle_async_request = handlers  # type: ignore[method-assign]
+
+    @classmethod
+    def _handles_own_calls(cls) -> bool:
+        """Whether this class handles calls as ``TimeoutTransport`` does (a subclass may override them)."""
+        return (
+            cls.handle_request is TimeoutTransport.handle_request
+            and cls.handle_async_request is TimeoutTransport.handle_async_request
+        )
 
     def describe(self) -> dict[str, object]:
         """What the status app shows for this layer."""
@@ -142,49 +164,78 @@ class TimeoutTransport(Layer):
 
     def _open(
         self, request: httpx.Request
-    ) -> tuple[Deadline, float, float, object, Token[Deadline | None] | None] | None:
+    ) -> tuple[Deadline, float, object, Token[Deadline | None] | None] | None:
         """Work out the limit in force, clamp httpx's timeouts to it, announce it upstream and make it ambient.
 
-        Returns the deadline in force, the seconds it allowed (for error messages), the seconds left, what to
-        restore in the request's timeouts and the context token to reset; ``None`` when no limit applies. One
-        method and a tuple on the hot path, not several calls and objects: each costs.
+        Returns the deadline in force, the seconds it allows (for the layer's cancel scope and error messages),
+        what to restore in the request's timeouts and the context token to reset (see :meth:`_close`); ``None``
+        when no limit applies. One method and a tuple on the hot path, not several calls and objects: each costs.
         """
-        own = request.extensions.get(self._override, self._timeout)
+        extensions = request.extensions
+        own = extensions.get(self._override, self._timeout)
         ambient = _current.get()
-        if ambient is not None:
+        if ambient is None:
+            if own is None:
+                return None
+            left = own
+            clock = self._clock
+            deadline = Deadline(clock.now() + own, clock, self._per_try)
+            token: Token[Deadline | None] | None = _current.set(deadline)
+        else:
             left = ambient.expires_at - ambient.clock.now()
-            if own is not None and own < left:
-                ambient = None  # our own limit is tighter
+            if own is not None and own < left:  # our own limit is tighter
+                left = own
+                clock = self._clock
+                # A per-try limit narrows the call's deadline; the body, read later, is bounded by that.
+                deadline = Deadline(clock.now() + own, clock, self._per_try, ambient if self._per_try else None)
+                token = _current.set(deadline)
             elif left <= 0:
                 emit(
                     events.DEADLINE_EXCEEDED,
                     {semconv.CONNECTIVITY_REASON: "deadline", semconv.CONNECTIVITY_DELAY: 0.0},
                 )
                 raise DeadlineExceededError("deadline exceeded before the request was sent", request=request)
-        if ambient is not None:
-            deadline = ambient
-            token = None
-        elif own is None:
-            return None
-        else:
-            left = own
-            clock = self._clock
-            if self._per_try:
-                # A per-try limit narrows the call's deadline (if any); the body, read later, is bounded by that.
-                deadline = Deadline(clock.now() + own, clock, True, _current.get())
             else:
-                deadline = Deadline(clock.now() + own, clock)
-            token = _current.set(deadline)
+                deadline = ambient
+                token = None
         # Over a deadline-aware transport connect, read and write are bounded at the socket already; only the wait
         # for a pooled connection still needs clamping, and only when it could outlast the deadline.
-        original = request.extensions.get("timeout")
+        original = extensions.get("timeout")
         if not (self._at_socket and original and (pool := original.get("pool")) is not None and pool <= left):
             original = clamp_timeouts(request, left, pool_only=self._at_socket)
         else:
             original = _UNCHANGED
         if self._propagate:
             request.headers[DEADLINE_HEADER] = str(int(left * 1000))
-        return deadline, left, left, original, token
+        return deadline, left, original, token
+
+    @staticmethod
+    def _close(request: httpx.Request, original: object, token: Token[Deadline | None] | None) -> None:
+        """Undo what :meth:`_open` did: the ambient deadline and the request's timeouts."""
+        if token is not None:
+            _current.reset(token)
+        if original is not _UNCHANGED:
+            _restore(request, original)
+
+    def _settle(
+        self, request: httpx.Request, deadline: Deadline, seconds: float, exc: httpx.TimeoutException
+    ) -> httpx.TimeoutException:
+        """The error to raise for ``exc``: this layer's own when it was the limit in force that ran out."""
+        if not isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) and _spent(deadline):
+            return self._error(request, deadline, seconds)
+        return exc
+
+    def _overran(
+        self, request: httpx.Request, deadline: Deadline, seconds: float, response: httpx.Response
+    ) -> None:
+        """Refuse a sync answer that arrived after the limit from a transport that does not bound its own waits.
+
+        A blocking call cannot be interrupted, and such a transport may ignore the clamped timeouts: do not hand
+        out a late answer as if it were in time. A deadline-aware transport stops at the limit by itself.
+        """
+        if deadline.clock.now() >= deadline.expires_at:
+            response.close()
+            raise self._error(request, deadline, seconds)
 
     @staticmethod
     def _error(request: httpx.Request, deadline: Deadline, seconds: float) -> httpx.TimeoutException:
@@ -206,23 +257,18 @@ class TimeoutTransport(Layer):
         opened = self._open(request)
         if opened is None:
             return inner.handle_request(request)
-        deadline, seconds, _, original, token = opened
+        deadline, seconds, original, token = opened
         try:
             response = inner.handle_request(request)
         except httpx.TimeoutException as exc:
-            if not isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) and _spent(deadline):
-                raise self._error(request, deadline, seconds) from exc
-            raise
+            error = self._settle(request, deadline, seconds, exc)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
-            if token is not None:
-                _current.reset(token)
-            if original is not _UNCHANGED:
-                _restore(request, original)
-        if deadline.clock.now() >= deadline.expires_at:
-            # A blocking call cannot be interrupted; an inner transport that ignored the clamped timeouts
-            # overran: do not hand out a late answer as if it were in time.
-            response.close()
-            raise self._error(request, deadline, seconds)
+            self._close(request, original, token)
+        if not self._at_socket:
+            self._overran(request, deadline, seconds, response)
         return response
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -230,22 +276,20 @@ class TimeoutTransport(Layer):
         opened = self._open(request)
         if opened is None:
             return await inner.handle_async_request(request)
-        deadline, seconds, left, original, token = opened
+        deadline, seconds, original, token = opened
         try:
             if self._at_socket:
                 response = await inner.handle_async_request(request)
             else:
-                with self._clock.timeout_scope(left) as scope:
+                with self._clock.timeout_scope(seconds) as scope:
                     response = await inner.handle_async_request(request)
                 if scope.cancelled_caught:
                     raise self._error(request, deadline, seconds)
         except httpx.TimeoutException as exc:
-            if not isinstance(exc, (DeadlineExceededError, PerTryTimeoutError)) and _spent(deadline):
-                raise self._error(request, deadline, seconds) from exc
-            raise
+            error = self._settle(request, deadline, seconds, exc)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
-            if token is not None:
-                _current.reset(token)
-            if original is not _UNCHANGED:
-                _restore(request, original)
+            self._close(request, original, token)
         return response
