@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
 
 from connectivity._http import httpx
 from connectivity.errors import RetriesExhaustedError, RetryBudgetExhaustedError
@@ -39,7 +38,7 @@ from connectivity.transports._outcome import (
     next_attempt,
     set_record,
 )
-from connectivity.transports.timeout import _UNCHANGED, TimeoutTransport, _restore, clamp_timeouts
+from connectivity.transports.timeout import _UNCHANGED, TimeoutTransport, _Opened, _restore, clamp_timeouts
 
 __all__ = ["ATTEMPT_HEADER", "RetryTransport"]
 
@@ -373,7 +372,7 @@ class RetryTransport(Layer):
 
 
 def _settled(
-    limit: TimeoutTransport | None, request: httpx.Request, opened: tuple[Any, ...], exc: httpx.TimeoutException
+    limit: TimeoutTransport | None, request: httpx.Request, opened: _Opened, exc: httpx.TimeoutException
 ) -> httpx.TimeoutException:
     """The error to raise for a timeout under ``limit``: its own when its limit ran out, else ``exc`` itself."""
     assert limit is not None

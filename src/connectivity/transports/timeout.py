@@ -22,8 +22,7 @@ layer outside may try again); when the total deadline ran out it raises
 Directly over a :class:`~connectivity.transports.RetryTransport` whose attempts are bounded at the socket (the
 stack :func:`connectivity.transport` builds), a total limit hands its calls to the retry layer, which opens and
 closes this layer's limit around its loop (this layer's :meth:`TimeoutTransport._open`, ``_settle`` and
-``_close``) in the same frame. The work and the errors are the same; a call pays one frame fewer, and an async
-call one coroutine fewer to pass through each time it is resumed after waiting on the network.
+``_close``) in the same frame. The work and the errors are the same, for one frame fewer per call.
 """
 
 from __future__ import annotations
@@ -162,9 +161,7 @@ class TimeoutTransport(Layer):
             "enforced_at_socket": self._at_socket,
         }
 
-    def _open(
-        self, request: httpx.Request
-    ) -> tuple[Deadline, float, object, Token[Deadline | None] | None] | None:
+    def _open(self, request: httpx.Request) -> _Opened | None:
         """Work out the limit in force, clamp httpx's timeouts to it, announce it upstream and make it ambient.
 
         Returns the deadline in force, the seconds it allows (for the layer's cancel scope and error messages),
