@@ -11,7 +11,6 @@ loop's token).
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 
 from connectivity.transports._waiters import AsyncWaiter, SyncWaiter
@@ -37,11 +36,12 @@ class Ticket:
 class Queues:
     """Every key's line of tickets; thread-safe."""
 
-    __slots__ = ("_lock", "_queues")
+    __slots__ = ("_costs", "_lock", "_queues")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queues: dict[str, collections.deque[Ticket]] = {}
+        self._costs: dict[str, float] = {}  # the cost in each line, kept as tickets come and go (not summed)
 
     def waiting(self) -> int:
         """Tickets in every line."""
@@ -53,8 +53,7 @@ class Queues:
         if not self._queues:
             return 0.0
         with self._lock:
-            queue = self._queues.get(key)
-            return sum(ticket.cost for ticket in queue) if queue else 0.0
+            return self._costs.get(key, 0.0)
 
     def enqueue(self, key: str, ticket: Ticket) -> None:
         """Join ``key``'s line (at the front when it is empty)."""
@@ -62,6 +61,7 @@ class Queues:
             queue = self._queues.setdefault(key, collections.deque())
             ticket.head = not queue
             queue.append(ticket)
+            self._costs[key] = self._costs.get(key, 0.0) + ticket.cost
 
     def dequeue(self, key: str, ticket: Ticket) -> None:
         """Leave the line (served, refused or cancelled); if ``ticket`` was the head, wake the next one."""
@@ -71,10 +71,15 @@ class Queues:
             if queue is None:
                 return
             was_head = bool(queue) and queue[0] is ticket
-            with contextlib.suppress(ValueError):
+            try:
                 queue.remove(ticket)
+            except ValueError:
+                pass  # not in the line (already left it)
+            else:
+                self._costs[key] -= ticket.cost
             if not queue:
                 del self._queues[key]
+                self._costs.pop(key, None)
             elif was_head:
                 successor = queue[0]
                 successor.head = True
