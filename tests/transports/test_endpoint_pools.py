@@ -7,6 +7,7 @@ streamed responses, backends) are in ``tests/integration/test_balancing_pools.py
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 from collections.abc import Callable, Iterable
@@ -393,3 +394,23 @@ def test_describe_shows_the_pools() -> None:
         "retired_open": 0,
     }
     assert "EndpointPools(pools=" in repr(pools)
+
+
+def test_a_second_load_balancer_over_the_same_pools_is_refused() -> None:
+    # Each balancer keeps the pools of its own endpoints and retires the rest: two over one EndpointPools would
+    # close each other's pools, so the second is refused at construction, naming what to do instead.
+    pools = EndpointPools(lambda: ScriptedTransport(default=200))
+    first = LoadBalancingTransport(pools, service="orders", resolver=[A])
+    with pytest.raises(ConfigError) as info:
+        LoadBalancingTransport(pools, service="payments", resolver=[B])
+    assert info.value.field == "LoadBalancingTransport.inner"
+    assert "give each balancer its own EndpointPools" in str(info.value)
+    assert find_pools(first) is pools
+
+
+def test_pools_whose_balancer_is_gone_can_serve_a_new_one() -> None:
+    pools = EndpointPools(lambda: ScriptedTransport(default=200))
+    LoadBalancingTransport(pools, service="orders", resolver=[A])
+    gc.collect()  # the first balancer, never kept, is gone
+    second = LoadBalancingTransport(pools, service="orders", resolver=[A, B])
+    assert find_pools(second) is pools

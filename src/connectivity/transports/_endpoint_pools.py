@@ -28,6 +28,7 @@ still open (and takes a fresh one if not).
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
@@ -132,12 +133,14 @@ class EndpointPools(Layer):
         fallback: The transport for requests that name no endpoint (default: one more from ``factory``).
 
     Raises:
-        ConfigError: ``factory`` is not callable.
+        ConfigError: ``factory`` is not callable; or (when a second load balancer is built over it) it already
+            serves a load balancer: each keeps the pools of its own endpoints and retires the others', so two
+            would close each other's pools.
 
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_doomed", "_factory", "_live", "_lock", "_pools", "_unclosed")
+    __slots__ = ("_balancer", "_doomed", "_factory", "_live", "_lock", "_pools", "_unclosed")
 
     def __init__(self, factory: Callable[[], Inner], *, fallback: Inner | None = None) -> None:
         if not callable(factory):
@@ -149,6 +152,25 @@ class EndpointPools(Layer):
         self._unclosed: set[_Pool] = set()  # every pool not closed yet: members', retired and stragglers'
         self._live: frozenset[str] | None = None  # None until the balancer names the members
         self._doomed: list[Any] = []  # retired while idle, used by an async client: an await will close them
+        self._balancer: weakref.ref[object] | None = None  # the load balancer that names the members
+
+    def attach(self, balancer: object) -> None:
+        """Serve ``balancer`` (called by a load balancer built over these pools); one balancer at a time.
+
+        Raises:
+            ConfigError: Another load balancer, still alive, is attached.
+        """
+        with self._lock:
+            current = None if self._balancer is None else self._balancer()
+            if current is not None and current is not balancer:
+                raise ConfigError(
+                    "LoadBalancingTransport.inner",
+                    self,
+                    f"already serves {current!r}: each load balancer keeps the pools of its own endpoints and "
+                    "retires the rest, so two over one EndpointPools would close each other's pools; give each "
+                    "balancer its own EndpointPools",
+                )
+            self._balancer = weakref.ref(balancer)
 
     # -- reading --------------------------------------------------------------------------------------------------
 

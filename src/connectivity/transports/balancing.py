@@ -179,6 +179,8 @@ class LoadBalancingTransport(Layer):
         watchable = type(found).watch is not Resolver.watch
         self._background = Background(self._cluster, probes, clock, watchable=watchable)
         self._pools = find_pools(inner)  # connection pools per endpoint below: they follow the membership
+        if self._pools is not None:
+            self._pools.attach(self)
         self._cluster.on_change = self._changed
         if self._cluster.version:
             self._changed()
