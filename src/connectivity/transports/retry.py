@@ -38,7 +38,7 @@ from connectivity.transports._outcome import (
     next_attempt,
     set_record,
 )
-from connectivity.transports.timeout import _UNCHANGED, TimeoutTransport, _Opened, _restore, clamp_timeouts
+from connectivity.transports.timeout import TimeoutTransport, clamp_timeouts
 
 __all__ = ["ATTEMPT_HEADER", "RetryTransport"]
 
@@ -307,16 +307,16 @@ class RetryTransport(Layer):
                 discard(response)
                 self._clock.sleep(retrying.delay)
         except httpx.TimeoutException as exc:
-            if opened is None or (error := _settled(limit, request, opened, exc)) is exc:
+            if (
+                opened is None
+                or limit is None
+                or (error := limit._settle(request, opened[0], opened[1], exc)) is exc
+            ):
                 raise
             raise error from exc
         finally:
-            if opened is not None:
-                # TimeoutTransport._close, inline: this runs on every call.
-                if (token := opened[3]) is not None:
-                    _current.reset(token)
-                if opened[2] is not _UNCHANGED:
-                    _restore(request, opened[2])
+            if opened is not None and limit is not None:
+                limit._close(request, opened[2], opened[3])
         return response
 
     async def _asend(self, limit: TimeoutTransport | None, request: httpx.Request) -> httpx.Response:
@@ -359,21 +359,14 @@ class RetryTransport(Layer):
                 await adiscard(response)
                 await self._clock.asleep(retrying.delay)
         except httpx.TimeoutException as exc:
-            if opened is None or (error := _settled(limit, request, opened, exc)) is exc:
+            if (
+                opened is None
+                or limit is None
+                or (error := limit._settle(request, opened[0], opened[1], exc)) is exc
+            ):
                 raise
             raise error from exc
         finally:
-            if opened is not None:
-                if (token := opened[3]) is not None:
-                    _current.reset(token)
-                if opened[2] is not _UNCHANGED:
-                    _restore(request, opened[2])
+            if opened is not None and limit is not None:
+                limit._close(request, opened[2], opened[3])
         return response
-
-
-def _settled(
-    limit: TimeoutTransport | None, request: httpx.Request, opened: _Opened, exc: httpx.TimeoutException
-) -> httpx.TimeoutException:
-    """The error to raise for a timeout under ``limit``: its own when its limit ran out, else ``exc`` itself."""
-    assert limit is not None
-    return limit._settle(request, opened[0], opened[1], exc)
