@@ -47,6 +47,7 @@ __all__ = [
     "DESCRIPTIONS",
     "FULL_STACK",
     "HTTPX_RETRIES",
+    "NETWORK",
     "RETRY_ONLY",
     "RETRY_STATUSES",
     "SERVICE",
@@ -60,6 +61,8 @@ __all__ = [
 ]
 
 BARE = "httpx"
+NETWORK = "connectivity (network)"
+"""connectivity's network transport alone: what the stacks above it are built on, with no policy layer."""
 FULL_STACK = "connectivity (full)"
 """Retries, a total deadline and a retry budget: the resilience stack with nothing else."""
 BREAKER_STACK = "connectivity (+breaker)"
@@ -77,6 +80,7 @@ CONTROL = "httpx (control)"
 """A second bare client: its distance from ``httpx`` is the measurement's noise floor in that run."""
 CONTENDERS = (
     BARE,
+    NETWORK,
     FULL_STACK,
     BREAKER_STACK,
     BALANCED_STACK,
@@ -92,6 +96,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 DESCRIPTIONS = {
     BARE: "httpx.AsyncClient() / httpx.Client()",
+    NETWORK: "cx.transports.HTTPTransport(): the network transport every stack here ends in, with no policy",
     FULL_STACK: "cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()), "
     "telemetry=False, request_id=False)",
     BREAKER_STACK: "the full stack plus breaker=cx.CircuitBreaker(), bulkhead=cx.Bulkhead()",
@@ -158,6 +163,8 @@ def _transport(
         if name == BALANCED_STACK:
             options.update(discovery=[_endpoint(upstream)], service=SERVICE)
         return cx.transport(**options)
+    if name == NETWORK:
+        return cx.transports.HTTPTransport()
     if name == RETRY_ONLY:
         return cx.transports.RetryTransport(cx.transports.HTTPTransport(), cx.Retry())
     if name == HTTPX_RETRIES:

@@ -6,6 +6,8 @@ sends sequential ``GET`` requests over one keep-alive connection; the retrying o
 transport errors and on 429/502/503/504 with short exponential backoff (built by :mod:`bench._contenders`):
 
 * ``httpx``: a bare client, the baseline;
+* ``connectivity (network)``: ``cx.transports.HTTPTransport()``, the network transport every connectivity stack
+  here ends in, with no policy layer: the stacks' ``added over network`` column is what their layers cost;
 * ``connectivity (full)``: ``cx.transport(timeout=cx.Timeout(total=10.0), retry=cx.Retry(budget=cx.RetryBudget()),
   telemetry=False, request_id=False)``: retries, a deadline over all attempts and a retry budget;
 * ``connectivity (+breaker)``: the same plus a per-host circuit breaker and a bulkhead;
@@ -62,6 +64,7 @@ from bench._contenders import (
     DESCRIPTIONS,
     FULL_STACK,
     HTTPX_RETRIES,
+    NETWORK,
     RETRY_ONLY,
     STAMINA,
     AsyncGet,
@@ -445,6 +448,11 @@ def _summarise(rounds: dict[str, list[dict[str, Any]]], origin: Sequence[int] | 
         summary["cpu_added_us_paired_median"] = round(
             median([mine - base for mine, base in zip(own, bare_rounds, strict=True)]), 2
         )
+        if NETWORK in rounds:  # what the policy layers add over the network transport they end in
+            network_rounds = [result["cpu_us_per_request"] for result in rounds[NETWORK]]
+            summary["cpu_added_us_over_network_paired_median"] = round(
+                median([mine - base for mine, base in zip(own, network_rounds, strict=True)]), 2
+            )
         ratios = [mine / base for mine, base in zip(own, bare_rounds, strict=True)]
         paired[name] = median(ratios)
         summary["cpu_ratio_paired_median"] = round(paired[name], 4)
@@ -483,6 +491,11 @@ def _summarise(rounds: dict[str, list[dict[str, Any]]], origin: Sequence[int] | 
     return result
 
 
+def _over_network(summary: dict[str, Any]) -> str:
+    added = summary.get("cpu_added_us_over_network_paired_median")
+    return "" if added is None else f"{added:+.1f}"
+
+
 def _print_mode(mode: str, result: dict[str, Any]) -> None:
     rows = []
     for name, summary in result["contenders"].items():
@@ -496,6 +509,7 @@ def _print_mode(mode: str, result: dict[str, Any]) -> None:
                 f"{summary['cpu_added_us_vs_httpx']:+.1f}",
                 f"{summary['cpu_added_us_paired_median']:+.1f}",
                 f"{summary['cpu_ratio_paired_median']:.3f}x",
+                _over_network(summary),
                 f"{summary['p50_us']:.0f}",
                 f"{summary['p99_us']:.0f}",
                 str(summary["errors"]),
@@ -512,6 +526,7 @@ def _print_mode(mode: str, result: dict[str, Any]) -> None:
                 "added µs",
                 "added (paired)",
                 "ratio (paired)",
+                "over network µs",
                 "p50 µs",
                 "p99 µs",
                 "errors",

@@ -20,9 +20,12 @@ from __future__ import annotations
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
+from sniffio import current_async_library
+
 from connectivity._http import httpcore
 from connectivity.errors import DeadlineExceededError
 from connectivity.policies.deadline import Deadline, _current
+from connectivity.transports._sockets import SocketStream, connect_asyncio, plain_socket
 
 __all__ = ["DeadlineAwareAsyncBackend", "DeadlineAwareBackend", "bounded"]
 
@@ -113,6 +116,8 @@ class DeadlineAwareBackend(httpcore.NetworkBackend):
     def __init__(self, backend: httpcore.NetworkBackend, *, multiplexed: bool = False) -> None:
         self._backend = backend
         self._remember = not multiplexed
+        # httpcore's own backend: its plain TCP streams are read and written on the socket (see _sockets).
+        self._direct = type(backend).__name__ == "SyncBackend"
 
     def connect_tcp(
         self,
@@ -123,6 +128,9 @@ class DeadlineAwareBackend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         stream = self._backend.connect_tcp(host, port, bounded(timeout), local_address, socket_options)
+        sock = plain_socket(stream) if self._direct else None
+        if sock is not None:
+            stream = SocketStream(stream, sock)
         return _Stream(stream, remember=self._remember)
 
     def connect_unix_socket(
@@ -191,6 +199,8 @@ class DeadlineAwareAsyncBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, backend: httpcore.AsyncNetworkBackend, *, multiplexed: bool = False) -> None:
         self._backend = backend
         self._remember = not multiplexed
+        # httpcore's own backend: on asyncio, connections are ours (see _sockets); on trio, its own.
+        self._direct = type(backend).__name__ in ("AutoBackend", "AnyIOBackend")
 
     async def connect_tcp(
         self,
@@ -200,7 +210,11 @@ class DeadlineAwareAsyncBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._backend.connect_tcp(host, port, bounded(timeout), local_address, socket_options)
+        stream: httpcore.AsyncNetworkStream
+        if self._direct and current_async_library() == "asyncio":
+            stream = await connect_asyncio(host, port, bounded(timeout), local_address, socket_options)
+        else:
+            stream = await self._backend.connect_tcp(host, port, bounded(timeout), local_address, socket_options)
         return _AsyncStream(stream, remember=self._remember)
 
     async def connect_unix_socket(
