@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import struct
 import threading
@@ -141,6 +142,14 @@ def test_a_write_on_a_reset_connection_is_a_write_error() -> None:
             stream.write(b"x" * 1024, timeout=1.0)  # on loopback the RST has arrived when close() returns
 
 
+def test_without_select_poll_httpcores_stream_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(select, "poll")  # as on Windows, or under gevent's monkey-patching
+    with listener() as server:
+        wrapped = DeadlineAwareBackend(httpcore.SyncBackend()).connect_tcp("127.0.0.1", server.getsockname()[1])
+        assert type(wrapped._stream).__name__ == "SyncStream"  # type: ignore[attr-defined]
+        wrapped.close()
+
+
 def test_other_information_comes_from_httpcores_stream() -> None:
     with sync_pair() as (stream, peer):
         assert stream.get_extra_info("server_addr") == peer.getsockname()
@@ -219,6 +228,18 @@ async def test_an_asyncio_peer_that_hangs_up_or_resets() -> None:
         reset(peer)
         with pytest.raises(httpcore.ReadError):
             await stream.read(1024, timeout=1.0)
+        await stream.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_asyncio_idle_check_without_select_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(select, "poll")
+    with listener() as server:
+        stream, peer = await async_pair(server)
+        assert stream.get_extra_info("is_readable") is False
+        peer.close()
+        assert stream.get_extra_info("is_readable") is True  # select.select saw the FIN
         await stream.aclose()
 
 

@@ -41,13 +41,16 @@ __all__ = ["HIGH_WATER", "AsyncSocketStream", "SocketStream", "connect_asyncio",
 HIGH_WATER = 256 * 1024
 """Bytes an async connection buffers before it stops reading from the socket (it resumes below a quarter)."""
 
-_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
-_WRITABLE = select.POLLOUT | select.POLLERR | select.POLLHUP
+# select.poll is missing on Windows, and where gevent or eventlet have patched the select module.
+_READABLE = getattr(select, "POLLIN", 0) | getattr(select, "POLLPRI", 0) | getattr(select, "POLLERR", 0)
+_READABLE |= getattr(select, "POLLHUP", 0)
+_WRITABLE = getattr(select, "POLLOUT", 0) | getattr(select, "POLLERR", 0) | getattr(select, "POLLHUP", 0)
 
 
 def plain_socket(stream: object) -> socket.socket | None:
-    """The plain TCP socket under one of httpcore's sync streams; ``None`` for TLS, a Unix socket, any other."""
-    if type(stream).__name__ != "SyncStream":
+    """The plain TCP socket under one of httpcore's sync streams; ``None`` for TLS, a Unix socket, any other, and
+    where there is no ``select.poll`` (then httpcore's stream serves)."""
+    if type(stream).__name__ != "SyncStream" or getattr(select, "poll", None) is None:
         return None
     sock = getattr(stream, "_sock", None)
     if type(sock) is not socket.socket or sock.family not in (socket.AF_INET, socket.AF_INET6):
@@ -321,6 +324,8 @@ class AsyncSocketStream(httpcore.AsyncNetworkStream):
             if sock is None or sock.fileno() < 0 or self._protocol.chunks or self._protocol.eof:
                 return True
             if self._poll is None:
+                if getattr(select, "poll", None) is None:
+                    return bool(select.select([sock], [], [], 0)[0])
                 self._poll = select.poll()
                 self._poll.register(sock, _READABLE)
             return bool(self._poll.poll(0))
