@@ -32,8 +32,8 @@ def tests_minimal(session: nox.Session) -> None:
 
 @nox.session
 def tests_httpx2(session: nox.Session) -> None:
-    """The package on httpx2 installed instead of httpx: the backend conformance suite and the stack on httpx2's
-    clients. Not a default session: it needs a venv of its own."""
+    """The package on httpx2 installed instead of httpx: the backend conformance suite, the socket streams and the
+    stack on httpx2's clients. Not a default session: it needs a venv of its own."""
     session.install(".[demo]", "httpx2>=2.16", "pytest>=8.2", "anyio>=4.11", "trio>=0.25")
     if session.venv_backend == "uv":
         session.run_install("uv", "pip", "uninstall", "httpx", "httpcore")
@@ -46,6 +46,7 @@ def tests_httpx2(session: nox.Session) -> None:
         "tests/on_httpx2",
         "tests/transports/test_backend_conformance.py",
         "tests/transports/test_core_calls.py",
+        "tests/transports/test_sockets.py",
         *session.posargs,
     )
 
