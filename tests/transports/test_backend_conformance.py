@@ -26,7 +26,7 @@ from connectivity.testing.server import RunningServer, serve
 from connectivity.transports import AiohttpTransport, AutoTransport, HTTPTransport, failure_kind
 from connectivity.transports.aiohttp import aiohttp_limitation
 
-from .conftest import Certificates
+from .conftest import Certificates, raw_server
 
 pytestmark = pytest.mark.anyio
 
@@ -205,38 +205,6 @@ def unanswered_url() -> Iterator[str]:
     finally:
         for filler in fillers:
             filler.close()
-        listener.close()
-
-
-@contextlib.contextmanager
-def raw_server(reply: Callable[[socket.socket], None]) -> Iterator[str]:
-    """A one-thread TCP server that reads a request head and then does ``reply(connection)``."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.1)
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                continue
-            with connection:
-                connection.settimeout(5.0)
-                data = b""
-                while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
-                    data += chunk
-                reply(connection)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
-    finally:
-        stop.set()
-        thread.join(5.0)
         listener.close()
 
 

@@ -23,6 +23,8 @@ from connectivity.transports import HTTPTransport
 from connectivity.transports._network import DeadlineAwareAsyncBackend, DeadlineAwareBackend
 from connectivity.transports._sockets import HIGH_WATER, AsyncSocketStream, SocketStream
 
+from .conftest import raw_server
+
 SMALL_BUFFER = 16 * 1024
 
 
@@ -321,35 +323,18 @@ async def test_trio_keeps_httpcores_own_streams() -> None:
 
 @contextlib.contextmanager
 def one_answer_per_connection() -> Iterator[tuple[str, list[int], threading.Event]]:
-    """A server that answers one keep-alive request per connection, then closes it (and sets the event)."""
+    """A server that answers one keep-alive request per connection, then hangs up (and sets the event)."""
     connections: list[int] = []
-    closed = threading.Event()
-    with listener() as server:
-        server.settimeout(0.1)
-        stop = threading.Event()
+    hung_up = threading.Event()
 
-        def run() -> None:
-            while not stop.is_set():
-                try:
-                    connection, _ = server.accept()
-                except OSError:
-                    continue
-                with connection:
-                    connection.settimeout(5.0)
-                    data = b""
-                    while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
-                        data += chunk
-                    connections.append(len(connections) + 1)
-                    connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                closed.set()
+    def answer(connection: socket.socket) -> None:
+        connections.append(len(connections) + 1)
+        connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        connection.shutdown(socket.SHUT_RDWR)  # the FIN is on its way before the event is set
+        hung_up.set()
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.getsockname()[1]}/", connections, closed
-        finally:
-            stop.set()
-            thread.join(5.0)
+    with raw_server(answer) as url:
+        yield url, connections, hung_up
 
 
 @pytest.mark.parametrize("mode", ["sync", "asyncio", "trio"])
