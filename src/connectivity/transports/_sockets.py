@@ -235,7 +235,7 @@ class AsyncSocketStream(httpcore.AsyncNetworkStream):
                 if protocol.error is not None:
                     raise httpcore.ReadError(protocol.error)
                 return b""
-            await self._wait(timeout, httpcore.ReadTimeout, httpcore.ReadError, writing=False)
+            await self._wait(timeout, httpcore.ReadTimeout, writing=False)
             if not chunks:
                 if protocol.error is not None:
                     raise httpcore.ReadError(protocol.error)
@@ -250,9 +250,7 @@ class AsyncSocketStream(httpcore.AsyncNetworkStream):
             protocol.transport.resume_reading()
         return chunk
 
-    async def _wait(
-        self, timeout: float | None, timed_out: type[Exception], failed: type[Exception], *, writing: bool
-    ) -> None:
+    async def _wait(self, timeout: float | None, timed_out: type[Exception], *, writing: bool) -> None:
         """Wait until the protocol wakes this stream, or raise ``timed_out`` after ``timeout`` seconds."""
         protocol = self._protocol
         future: asyncio.Future[None] = self._loop.create_future()
@@ -284,7 +282,7 @@ class AsyncSocketStream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError("the connection is closed")
         transport.write(buffer)
         if protocol.writing_paused:
-            await self._wait(timeout, httpcore.WriteTimeout, httpcore.WriteError, writing=True)
+            await self._wait(timeout, httpcore.WriteTimeout, writing=True)
             if protocol.error is not None:
                 raise httpcore.WriteError(protocol.error)
             if protocol.writing_paused:
