@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import select
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Iterator
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from connectivity._http import httpcore, httpx
@@ -283,6 +285,73 @@ async def test_an_asyncio_write_the_peer_does_not_take_times_out_and_closing_abo
             assert transport.is_closing()
             await anyio.lowlevel.checkpoint()  # the loop runs the abort's callbacks
             assert stream._protocol.transport.get_extra_info("socket").fileno() == -1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_asyncio_write_larger_than_the_buffers_waits_for_room_and_arrives_whole() -> None:
+    payload = bytes(range(256)) * 16384  # 4 MiB: asyncio pauses the protocol until the peer has read some
+    with listener() as server:
+        stream, peer = await async_pair(server)
+        with peer:
+            received: list[bytes] = []
+            reader = threading.Thread(target=lambda: received.append(receive_all(peer, len(payload))))
+            reader.start()
+            await stream.write(payload, timeout=5.0)
+            await anyio.to_thread.run_sync(reader.join, 10.0)
+            assert received == [payload]
+            assert not stream._protocol.writing_paused
+            await stream.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_after_an_asyncio_reset_reads_and_writes_fail() -> None:
+    with listener() as server:
+        stream, peer = await async_pair(server)
+        reset(peer)
+        protocol = stream._protocol
+        with anyio.fail_after(5.0):
+            while not protocol.eof:  # noqa: ASYNC110 - the loop must run to see the reset
+                await anyio.sleep(0.001)
+        with pytest.raises(httpcore.ReadError):
+            await stream.read(1024, timeout=1.0)
+        with pytest.raises(httpcore.WriteError):
+            await stream.write(b"x", timeout=1.0)
+        await stream.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_asyncio_write_after_close_is_a_write_error() -> None:
+    with listener() as server:
+        stream, peer = await async_pair(server)
+        with peer:
+            await stream.aclose()
+            with pytest.raises(httpcore.WriteError):
+                await stream.write(b"x", timeout=1.0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_tls_handshake_nobody_answers_is_a_connect_timeout() -> None:
+    with listener() as server:  # accepts TCP (the kernel does), never speaks TLS
+        stream, peer = await async_pair(server)
+        with peer:
+            with pytest.raises(httpcore.ConnectTimeout):
+                await stream.start_tls(ssl.create_default_context(), "localhost", timeout=0.1)
+            assert stream._protocol.transport.is_closing()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_socket_option_the_kernel_refuses_is_a_connect_error() -> None:
+    with listener() as server:
+        backend = DeadlineAwareAsyncBackend(httpcore.AnyIOBackend())
+        with pytest.raises(httpcore.ConnectError):
+            await backend.connect_tcp(
+                "127.0.0.1", server.getsockname()[1], socket_options=[(socket.SOL_SOCKET, 9999, 1)]
+            )
 
 
 @pytest.mark.anyio
