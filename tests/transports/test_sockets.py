@@ -25,7 +25,7 @@ from connectivity.transports import HTTPTransport
 from connectivity.transports._network import DeadlineAwareAsyncBackend, DeadlineAwareBackend
 from connectivity.transports._sockets import HIGH_WATER, AsyncSocketStream, SocketStream
 
-from .conftest import raw_server
+from .conftest import Certificates, raw_server
 
 SMALL_BUFFER = 16 * 1024
 
@@ -185,6 +185,8 @@ async def test_an_asyncio_connection_reads_and_writes_through_its_protocol() -> 
             assert await stream.read(4, timeout=1.0) == b"abcd"  # a chunk larger than asked for is split
             assert await stream.read(4, timeout=1.0) == b"ef"
             await stream.aclose()
+            assert stream._sock is not None
+            assert stream._sock.fileno() == -1  # closed when aclose returns, not at some later loop iteration
 
 
 @pytest.mark.anyio
@@ -341,6 +343,33 @@ async def test_a_tls_handshake_nobody_answers_is_a_connect_timeout() -> None:
             with pytest.raises(httpcore.ConnectTimeout):
                 await stream.start_tls(ssl.create_default_context(), "localhost", timeout=0.1)
             assert stream._protocol.transport.is_closing()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_closing_a_tls_connection_closes_its_socket_at_once(certificates: Certificates) -> None:
+    # A peer that completes the handshake and then neither reads nor answers a close_notify: asyncio's own TLS
+    # close would keep the socket open for its 30 s shutdown timeout, past the end of a short-lived event loop.
+    done = threading.Event()
+    with listener() as server:
+        stream, peer = await async_pair(server)
+
+        def serve_tls() -> None:
+            with certificates.server_context().wrap_socket(peer, server_side=True) as tls:
+                tls.do_handshake()
+                done.wait(10.0)
+
+        thread = threading.Thread(target=serve_tls)
+        thread.start()
+        try:
+            secure = await stream.start_tls(certificates.client_context(), "127.0.0.1", timeout=5.0)
+            assert secure.get_extra_info("ssl_object") is not None
+            sock = secure.get_extra_info("socket")
+            await secure.aclose()
+            assert sock.fileno() == -1
+        finally:
+            done.set()
+            await anyio.to_thread.run_sync(thread.join, 10.0)
 
 
 @pytest.mark.anyio

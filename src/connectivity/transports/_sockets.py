@@ -221,8 +221,9 @@ class AsyncSocketStream(httpcore.AsyncNetworkStream):
     Built by :func:`connect_asyncio`.
     """
 
-    def __init__(self, protocol: _Protocol) -> None:
+    def __init__(self, protocol: _Protocol, *, tls: bool = False) -> None:
         self._protocol = protocol
+        self._tls = tls
         self._loop = protocol.loop
         self._sock: socket.socket | None = protocol.transport.get_extra_info("socket")
         self._poll: Any = None
@@ -290,10 +291,14 @@ class AsyncSocketStream(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         transport = self._protocol.transport
-        if transport.get_write_buffer_size():
-            transport.abort()  # bytes the peer never took (a write that timed out): nothing will flush them
+        if transport.get_write_buffer_size() or self._tls:
+            # Bytes the peer never took (a write that timed out): nothing will flush them. TLS: asyncio's close()
+            # waits up to 30 s for the peer's close_notify before it closes the socket, longer than the event loop
+            # may live; httpcore's own streams send no close_notify either (anyio's standard_compatible=False).
+            transport.abort()
         elif not transport.is_closing():
             transport.close()
+        await asyncio.sleep(0)  # the loop closes the socket in a callback: let it run before the loop may end
 
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
@@ -313,7 +318,7 @@ class AsyncSocketStream(httpcore.AsyncNetworkStream):
         if transport is None:  # pragma: no cover - the connection closed during the handshake
             raise httpcore.ConnectError("the connection closed during the TLS handshake")
         protocol.transport = transport
-        return AsyncSocketStream(protocol)
+        return AsyncSocketStream(protocol, tls=True)
 
     def get_extra_info(self, info: str) -> Any:
         transport = self._protocol.transport
